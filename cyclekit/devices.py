@@ -1,0 +1,57 @@
+"""Device and precision, decided once and passed around as values."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; asking for a missing device is a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible to PyTorch")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps was asked for but MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported --device {name!r}; choose one of {', '.join(DEVICES)}")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where autocast supports it fast (CUDA with bf16, CPU), else fp32."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown --precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu":
+            return "bf16"
+        return "fp32"
+    if name == "fp16" and device.type == "cpu":
+        raise ValueError("--precision fp16 is not supported on CPU; use bf16 or fp32")
+    return name
+
+
+def autocast(device: torch.device, precision: str) -> Callable[[], Any]:
+    """A factory of context managers: ``with autocast(dev, prec)(): ...``.
+
+    fp32 gives a null context, so the same training step serves every precision.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = _DTYPES[precision]
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)

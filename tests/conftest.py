@@ -1,0 +1,50 @@
+"""Shared fixtures. ``shared_dir`` is ../shared beside the repo: tests that need it skip when it
+is absent, unless CYCLEKIT_REQUIRE_SHARED=1 (CI), where a missing folder is a failure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _require(path: Path) -> Path:
+    if path.exists():
+        return path
+    msg = f"shared test data not found: {path}"
+    if os.environ.get("CYCLEKIT_REQUIRE_SHARED") == "1":
+        pytest.fail(msg + " (CYCLEKIT_REQUIRE_SHARED=1)")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return _require(SHARED)
+
+
+@pytest.fixture(scope="session")
+def official_fixtures() -> Path:
+    return _require(SHARED / "fixtures" / "official")
+
+
+@pytest.fixture(scope="session")
+def mnist_raw() -> Path:
+    return _require(SHARED / "data" / "MNIST" / "raw")
+
+
+@pytest.fixture(scope="session")
+def horse2zebra() -> Path:
+    return _require(SHARED / "data" / "horse2zebra")
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Tests never talk to W&B servers and never write into the user's home.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / ".wandb-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
