@@ -1,0 +1,1 @@
+"""Data: image listing and decoding, the unpaired dataset, augmentation, MNIST."""

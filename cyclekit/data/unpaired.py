@@ -1,0 +1,135 @@
+"""Two unpaired image folders as one dataset, sampled as the official code but seeded.
+
+An epoch has max(|A|, |B|) samples: A in a shuffled order (indices modulo |A|), B drawn at
+random. The whole epoch plan comes from (seed, epoch), so it can be replayed from any
+position when a run resumes mid-epoch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+from cyclekit.data.images import ImageDecodeError, decode_image, list_images
+
+
+class DataError(ValueError):
+    """A data folder that cannot be trained on; the message names the folder."""
+
+
+@dataclass
+class Domain:
+    name: str  # "A" or "B"
+    root: Path
+    files: list[Path]
+    sizes: list[tuple[int, int]]  # (w, h), upright
+    bad: list[str]  # "path: reason" for each file that was skipped
+
+
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block is not worth dropping the image for
+        orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def scan_domain(name: str, root: str | Path) -> Domain:
+    """List a domain's images and read their headers; unreadable files are set aside.
+
+    Only headers are read (fast on big folders); files that break later, mid-decode, are
+    skipped then.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"domain {name}: folder {root} does not exist")
+    files, sizes, bad = [], [], []
+    for path in list_images(root):
+        try:
+            if path.stat().st_size == 0:
+                raise ImageDecodeError(f"{path}: file is empty")
+            with Image.open(path) as img:
+                size = _upright_size(img)
+        except ImageDecodeError as e:
+            bad.append(str(e))
+            continue
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else e
+            bad.append(f"{path}: {reason}")
+            continue
+        files.append(path)
+        sizes.append(size)
+    if not files:
+        extra = f" ({len(bad)} unreadable)" if bad else ""
+        raise DataError(
+            f"domain {name}: no readable image in {root}{extra}; expected "
+            ".jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp files (searched recursively)"
+        )
+    return Domain(name, root, files, sizes, bad)
+
+
+class EpochSampler(Sampler):
+    """Yields (index_a, index_b, sample_seed) triples for one epoch, from ``start`` on."""
+
+    def __init__(self, n_a: int, n_b: int, seed: int) -> None:
+        self.n_a, self.n_b, self.seed = n_a, n_b, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return max(self.n_a, self.n_b) - self.start
+
+    def plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        length = max(self.n_a, self.n_b)
+        # A distinct, reproducible stream per (seed, epoch).
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 1)
+        order = torch.randperm(length, generator=g) % self.n_a
+        index_b = torch.randint(self.n_b, (length,), generator=g)
+        seeds = torch.randint(2**31 - 1, (length,), generator=g)
+        return order, index_b, seeds
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        a, b, s = self.plan(self.epoch)
+        for i in range(self.start, len(a)):
+            yield int(a[i]), int(b[i]), int(s[i])
+
+
+class UnpairedDataset(Dataset):
+    """Indexed by (index_a, index_b, seed) -> {"a": (C_a, H, W), "b": (C_b, H, W)} in [-1, 1]."""
+
+    def __init__(
+        self, domain_a: Domain, domain_b: Domain, transform, channels_a: int, channels_b: int
+    ):
+        self.domains = (domain_a, domain_b)
+        self.transform = transform
+        self.channels = (channels_a, channels_b)
+
+    def _load(self, which: int, index: int, seed: int) -> torch.Tensor:
+        domain = self.domains[which]
+        n = len(domain.files)
+        for attempt in range(n):
+            path = domain.files[(index + attempt) % n]
+            try:
+                pixels = decode_image(path, channels=self.channels[which]).pixels
+            except ImageDecodeError as e:
+                # Deterministic fallback: the next file. Reported once per worker process.
+                warnings.warn(f"skipping {e}", stacklevel=2)
+                continue
+            return self.transform(pixels, seed + which)
+        raise DataError(f"domain {domain.name}: no image in {domain.root} could be decoded")
+
+    def __getitem__(self, item: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        ia, ib, seed = item
+        return {"a": self._load(0, ia, seed), "b": self._load(1, ib, seed)}
+
+    def __len__(self) -> int:
+        return max(len(d.files) for d in self.domains)

@@ -1,0 +1,186 @@
+"""Saving and loading generators in every format cyclekit accepts, without architecture flags.
+
+- ``cyclekit-generator``: an exported generator (``G_ab.pt``): its spec + state_dict.
+- ``cyclekit-train``: a training checkpoint (``last.pt``): holds both directions.
+- an official ``latest_net_G*.pth`` / pretrained ``<name>.pth``: a bare state_dict; the
+  architecture (ResNet blocks, ngf, dropout, norm, U-Net depth) is read off its keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cyclekit.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
+from cyclekit.models import generator_from_spec
+
+GENERATOR_FORMAT = "cyclekit-generator"
+TRAIN_FORMAT = "cyclekit-train"
+DIRECTIONS = ("a2b", "b2a")
+# Official naming: netG_A maps A->B, netG_B maps B->A.
+_DIRECTION_KEYS = {"a2b": "G_ab", "b2a": "G_ba"}
+
+
+def save_generator(
+    path: str | os.PathLike,
+    model: nn.Module,
+    spec: dict[str, Any],
+    direction: str,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write an exported generator that :func:`load_generator` rebuilds with no flags."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format": GENERATOR_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spec": dict(spec),
+        "direction": direction,
+        "meta": dict(meta or {}),
+        "state_dict": state,
+    }
+    return atomic_save(payload, path)
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # DataParallel / torch.compile wrappers prefix every key.
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v
+    return out
+
+
+def official_spec(state: dict[str, torch.Tensor], source: str = "state_dict") -> dict[str, Any]:
+    """Read a generator spec off the keys and shapes of an official state_dict."""
+    if "model.1.weight" in state and any(".conv_block." in k for k in state):
+        blocks = {int(m.group(1)) for k in state if (m := re.match(r"model\.(\d+)\.conv_block", k))}
+        n_blocks = len(blocks)
+        first = state["model.1.weight"]
+        convs = sorted(
+            int(m.group(1))
+            for k in state
+            if (m := re.match(r"model\.(\d+)\.weight$", k)) and state[k].dim() == 4
+        )
+        last = state[f"model.{convs[-1]}.weight"]
+        # With dropout the second conv moves from conv_block.5 to conv_block.6 (a batch-norm
+        # layer can sit at .6 too, but its weight is 1-D).
+        dropout = any(k.endswith(".conv_block.6.weight") and v.dim() == 4 for k, v in state.items())
+        norm = "batch" if "model.2.weight" in state else "instance"
+        if n_blocks not in (6, 9):
+            raise CheckpointError(
+                f"{source}: ResNet generator with {n_blocks} blocks is not supported"
+            )
+        return {
+            "arch": f"resnet_{n_blocks}blocks",
+            "input_nc": int(first.shape[1]),
+            "output_nc": int(last.shape[0]),
+            "ngf": int(first.shape[0]),
+            "norm": norm,
+            "use_dropout": dropout,
+        }
+    if "model.model.0.weight" in state:
+        depth = 0
+        for k in range(1, 16):
+            # level k's downconv: the outer block's submodule sits at index 1, inner ones at 3
+            if f"model.model.1.model.{'3.model.' * (k - 1)}1.weight" in state:
+                depth = k
+        num_downs = depth + 1
+        if num_downs not in (7, 8):
+            raise CheckpointError(f"{source}: U-Net with {num_downs} levels is not supported")
+        first = state["model.model.0.weight"]
+        outer = state["model.model.3.weight"]  # ConvTranspose2d(2*ngf, output_nc): (in, out, k, k)
+        norm = "batch" if "model.model.1.model.2.weight" in state else "instance"
+        dropout = False  # dropout layers hold no weights; irrelevant at eval time
+        return {
+            "arch": f"unet_{2**num_downs}",
+            "input_nc": int(first.shape[1]),
+            "output_nc": int(outer.shape[1]),
+            "ngf": int(first.shape[0]),
+            "norm": norm,
+            "use_dropout": dropout,
+        }
+    raise CheckpointError(f"{source}: keys do not look like a CycleGAN generator")
+
+
+def _drop_stale_instance_norm_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict:
+    # Files saved by PyTorch < 0.4 carry running stats for InstanceNorm layers that have none
+    # now; the official loader deletes them too.
+    wanted = set(model.state_dict())
+    return {
+        k: v
+        for k, v in state.items()
+        if k in wanted
+        or k.rsplit(".", 1)[-1] not in ("running_mean", "running_var", "num_batches_tracked")
+    }
+
+
+def _build(spec: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    try:
+        model = generator_from_spec(spec)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: bad generator spec ({e})") from None
+    state = _drop_stale_instance_norm_keys(state, model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{source}: weights do not fit the generator ({first})") from None
+    return model.eval()
+
+
+def load_generator(
+    path: str | os.PathLike, direction: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load any supported generator file; returns (model in eval mode on CPU, info dict).
+
+    ``info`` has ``spec``, ``direction`` and ``format`` (``cyclekit-generator``,
+    ``cyclekit-train`` or ``official``). A training checkpoint needs ``direction``.
+    """
+    path = Path(path)
+    obj = safe_load(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a generator checkpoint (holds a {type(obj).__name__})")
+    fmt = obj.get("format")
+    if fmt == GENERATOR_FORMAT:
+        _check_version(obj, path)
+        if direction is not None and obj.get("direction") not in (None, direction):
+            raise CheckpointError(
+                f"{path}: this generator translates {obj.get('direction')}, not {direction}"
+            )
+        model = _build(obj["spec"], obj["state_dict"], str(path))
+        info = {"format": fmt, "spec": obj["spec"], "direction": obj.get("direction")}
+        return model, info
+    if fmt == TRAIN_FORMAT:
+        _check_version(obj, path)
+        if direction not in DIRECTIONS:
+            raise CheckpointError(
+                f"{path}: a training checkpoint holds both generators; pass --direction a2b or b2a"
+            )
+        key = _DIRECTION_KEYS[direction]
+        spec = obj["specs"][key]
+        model = _build(spec, obj["models"][key], str(path))
+        return model, {"format": fmt, "spec": spec, "direction": direction}
+    if fmt is not None:
+        raise CheckpointError(f"{path}: unknown checkpoint format {fmt!r}")
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a generator state_dict")
+    state = _strip_prefixes(obj)
+    spec = official_spec(state, str(path))
+    model = _build(spec, state, str(path))
+    return model, {"format": "official", "spec": spec, "direction": direction}
+
+
+def _check_version(obj: dict[str, Any], path: Path) -> None:
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r} is newer than this cyclekit "
+            f"understands ({FORMAT_VERSION}); upgrade cyclekit"
+        )

@@ -1,0 +1,1 @@
+"""Training loops: CycleGAN and the MNIST baselines."""

@@ -1,0 +1,174 @@
+"""The CycleGAN model state and one training step, written out in full.
+
+Naming is by direction: ``G_ab`` maps A -> B, ``G_ba`` maps B -> A, ``D_a`` judges domain-A
+images (real A vs G_ba's fakes), ``D_b`` judges domain-B images. The official code's G_A/G_B
+are our G_ab/G_ba, but its D_A judges G_A's output, i.e. it is our D_b.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cyclekit.config import TrainConfig
+from cyclekit.image_pool import ImagePool
+from cyclekit.losses import discriminator_adv_loss, generator_adv_loss, gradient_penalty
+from cyclekit.models import build_discriminator, generator_from_spec, generator_spec, init_weights
+
+LOSS_NAMES = (
+    "G_ab", "G_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "G", "D_a", "D_b", "gp_a", "gp_b",
+)  # fmt: skip
+
+
+def generator_specs(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Constructor args of both generators; saved in checkpoints so loading needs no flags."""
+    common = {"ngf": cfg.ngf, "norm": cfg.norm, "use_dropout": cfg.dropout}
+    return {
+        "G_ab": generator_spec(cfg.netG, cfg.input_nc, cfg.output_nc, **common),
+        "G_ba": generator_spec(cfg.netG, cfg.output_nc, cfg.input_nc, **common),
+    }
+
+
+@dataclass
+class CycleGAN:
+    G_ab: nn.Module
+    G_ba: nn.Module
+    D_a: nn.Module
+    D_b: nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    pool_a: ImagePool  # G_ba's fakes (domain A), fed to D_a
+    pool_b: ImagePool  # G_ab's fakes (domain B), fed to D_b
+    gp_generator: torch.Generator  # WGAN-GP interpolation weights
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"G_ab": self.G_ab, "G_ba": self.G_ba, "D_a": self.D_a, "D_b": self.D_b}
+
+
+def build_cyclegan(cfg: TrainConfig, device: torch.device) -> CycleGAN:
+    """Four freshly initialised networks and their optimisers, all from ``cfg.seed``."""
+    init_gen = torch.Generator().manual_seed(cfg.seed)
+    specs = generator_specs(cfg)
+    nets = {name: generator_from_spec(spec) for name, spec in specs.items()}
+    d_kwargs = {"ndf": cfg.ndf, "n_layers": cfg.n_layers_D, "norm": cfg.norm}
+    nets["D_a"] = build_discriminator(cfg.netD, input_nc=cfg.input_nc, **d_kwargs)
+    nets["D_b"] = build_discriminator(cfg.netD, input_nc=cfg.output_nc, **d_kwargs)
+    for name in ("G_ab", "G_ba", "D_a", "D_b"):  # fixed order: init draws from one stream
+        init_weights(nets[name], cfg.init_type, cfg.init_gain, generator=init_gen)
+        nets[name].to(device).train()
+    betas = (cfg.beta1, cfg.beta2)
+    # foreach Adam: one fused kernel launch per parameter group instead of one per tensor.
+    adam: Callable[..., torch.optim.Optimizer] = lambda params: torch.optim.Adam(  # noqa: E731
+        params, lr=cfg.lr, betas=betas, foreach=True
+    )
+    return CycleGAN(
+        G_ab=nets["G_ab"],
+        G_ba=nets["G_ba"],
+        D_a=nets["D_a"],
+        D_b=nets["D_b"],
+        opt_G=adam(itertools.chain(nets["G_ab"].parameters(), nets["G_ba"].parameters())),
+        opt_D=adam(itertools.chain(nets["D_a"].parameters(), nets["D_b"].parameters())),
+        pool_a=ImagePool(cfg.pool_size, seed=cfg.seed + 1),
+        pool_b=ImagePool(cfg.pool_size, seed=cfg.seed + 2),
+        gp_generator=torch.Generator().manual_seed(cfg.seed + 3),
+    )
+
+
+def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+def train_step(
+    m: CycleGAN,
+    real_a: torch.Tensor,
+    real_b: torch.Tensor,
+    cfg: TrainConfig,
+    autocast: Callable[[], Any],
+    scaler: torch.amp.GradScaler,
+) -> dict[str, torch.Tensor]:
+    """One CycleGAN iteration in the official order; returns detached losses (no sync).
+
+    real_a: (N, input_nc, H, W), real_b: (N, output_nc, H, W), both in [-1, 1].
+    """
+    lam_a, lam_b, lam_idt = cfg.lambda_a, cfg.lambda_b, cfg.lambda_identity
+    zero = real_a.new_zeros(())
+
+    # Generators' forward: both translations and both reconstructions.
+    with autocast():
+        fake_b = m.G_ab(real_a)  # A -> B
+        rec_a = m.G_ba(fake_b)  # A -> B -> A
+        fake_a = m.G_ba(real_b)  # B -> A
+        rec_b = m.G_ab(fake_a)  # B -> A -> B
+
+    # (1) Update G_ab and G_ba; the discriminators are frozen so no gradient reaches them.
+    set_requires_grad([m.D_a, m.D_b], False)
+    m.opt_G.zero_grad(set_to_none=True)
+    with autocast():
+        if lam_idt > 0:
+            # A generator fed an image already in its target domain should leave it alone.
+            loss_idt_b = F.l1_loss(m.G_ab(real_b).float(), real_b) * lam_b * lam_idt
+            loss_idt_a = F.l1_loss(m.G_ba(real_a).float(), real_a) * lam_a * lam_idt
+        else:
+            loss_idt_a = loss_idt_b = zero
+        loss_G_ab = generator_adv_loss(m.D_b(fake_b), cfg.gan_mode)
+        loss_G_ba = generator_adv_loss(m.D_a(fake_a), cfg.gan_mode)
+        loss_cycle_a = F.l1_loss(rec_a.float(), real_a) * lam_a
+        loss_cycle_b = F.l1_loss(rec_b.float(), real_b) * lam_b
+        loss_G = loss_G_ab + loss_G_ba + loss_cycle_a + loss_cycle_b + loss_idt_a + loss_idt_b
+    scaler.scale(loss_G).backward()
+    scaler.step(m.opt_G)
+
+    # (2) Update D_a and D_b on real images and on fakes from the history pools (detached).
+    set_requires_grad([m.D_a, m.D_b], True)
+    m.opt_D.zero_grad(set_to_none=True)
+    pooled_b = m.pool_b.query(fake_b)
+    pooled_a = m.pool_a.query(fake_a)
+    with autocast():
+        loss_D_b = discriminator_adv_loss(m.D_b(real_b), m.D_b(pooled_b), cfg.gan_mode)
+        loss_D_a = discriminator_adv_loss(m.D_a(real_a), m.D_a(pooled_a), cfg.gan_mode)
+    if cfg.gan_mode == "wgangp":
+        # Penalty in fp32: second-order gradients in low precision are unstable.
+        gp_b = gradient_penalty(m.D_b, real_b, pooled_b, m.gp_generator) * cfg.lambda_gp
+        gp_a = gradient_penalty(m.D_a, real_a, pooled_a, m.gp_generator) * cfg.lambda_gp
+    else:
+        gp_a = gp_b = zero
+    scaler.scale(loss_D_a + loss_D_b + gp_a + gp_b).backward()
+    scaler.step(m.opt_D)
+    scaler.update()
+
+    losses = {
+        "G_ab": loss_G_ab, "G_ba": loss_G_ba, "cycle_a": loss_cycle_a, "cycle_b": loss_cycle_b,
+        "idt_a": loss_idt_a, "idt_b": loss_idt_b, "G": loss_G, "D_a": loss_D_a, "D_b": loss_D_b,
+        "gp_a": gp_a, "gp_b": gp_b,
+    }  # fmt: skip
+    return {k: v.detach().float() for k, v in losses.items()}
+
+
+@torch.no_grad()
+def translate_samples(
+    m: CycleGAN, real_a: torch.Tensor, real_b: torch.Tensor, autocast: Callable[[], Any]
+) -> dict[str, torch.Tensor]:
+    """Translations and reconstructions for sample grids (generators in eval mode)."""
+    was_training = m.G_ab.training
+    m.G_ab.eval()
+    m.G_ba.eval()
+    try:
+        with autocast():
+            fake_b = m.G_ab(real_a)
+            rec_a = m.G_ba(fake_b)
+            fake_a = m.G_ba(real_b)
+            rec_b = m.G_ab(fake_a)
+    finally:
+        m.G_ab.train(was_training)
+        m.G_ba.train(was_training)
+    out = {"real_a": real_a, "fake_b": fake_b, "rec_a": rec_a}
+    out |= {"real_b": real_b, "fake_a": fake_a, "rec_b": rec_b}
+    return {k: v.float() for k, v in out.items()}

@@ -1,0 +1,131 @@
+"""Training checkpoints: everything needed to continue a run exactly, as plain tensors/lists
+so that ``torch.load(weights_only=True)`` can read it back."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cyclekit.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
+from cyclekit.generator_io import TRAIN_FORMAT
+from cyclekit.training.cyclegan import CycleGAN
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states (torch, CUDA, numpy, python) in weights_only-safe types."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": [version, list(py_state), gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached"]))
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # Unwrapped keys (no "module."/"_orig_mod." prefixes) on the CPU.
+    module = getattr(module, "_orig_mod", module)
+    module = getattr(module, "module", module)
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def models_payload(m: CycleGAN, config: dict, specs: dict) -> dict[str, Any]:
+    """The four networks and what is needed to rebuild them (an epoch checkpoint)."""
+    return {
+        "format": TRAIN_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "specs": specs,
+        "models": {name: _cpu_state_dict(net) for name, net in m.networks().items()},
+    }
+
+
+def save_train_state(
+    path: Path,
+    m: CycleGAN,
+    schedulers: dict[str, Any],
+    scaler: torch.amp.GradScaler,
+    config: dict,
+    specs: dict,
+    step: int,
+    epoch: int,
+    epoch_step: int,
+    wandb_run_id: str | None,
+) -> Path:
+    """Write ``last.pt`` atomically: nets, optimisers, schedulers, pools, RNGs, position.
+
+    Data order needs no saved state: it is a pure function of (seed, epoch, epoch_step).
+    """
+    payload = models_payload(m, config, specs)
+    payload |= {
+        "optimizers": {"G": m.opt_G.state_dict(), "D": m.opt_D.state_dict()},
+        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+        "scaler": scaler.state_dict(),
+        "pools": {"a": m.pool_a.state_dict(), "b": m.pool_b.state_dict()},
+        "rng": rng_state() | {"gp": m.gp_generator.get_state()},
+        "step": step,
+        "epoch": epoch,
+        "epoch_step": epoch_step,
+        "wandb_run_id": wandb_run_id,
+    }
+    return atomic_save(payload, path)
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    """Read and sanity-check a ``last.pt`` (CPU tensors)."""
+    state = safe_load(path)
+    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{path}: not a cyclekit training checkpoint")
+    version = state.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {version!r} is newer than this cyclekit")
+    missing = {"optimizers", "schedulers", "pools", "rng", "step"} - set(state)
+    if missing:
+        raise CheckpointError(
+            f"{path}: holds networks only (an epoch checkpoint?), cannot resume from it; "
+            "use last.pt"
+        )
+    return state
+
+
+def restore_train_state(
+    state: dict[str, Any],
+    m: CycleGAN,
+    schedulers: dict[str, Any],
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+) -> None:
+    for name, net in m.networks().items():
+        net.load_state_dict(state["models"][name])
+    m.opt_G.load_state_dict(state["optimizers"]["G"])
+    m.opt_D.load_state_dict(state["optimizers"]["D"])
+    for k, s in schedulers.items():
+        s.load_state_dict(state["schedulers"][k])
+    scaler.load_state_dict(state["scaler"])
+    m.pool_a.load_state_dict(state["pools"]["a"], device)
+    m.pool_b.load_state_dict(state["pools"]["b"], device)
+    m.gp_generator.set_state(state["rng"]["gp"])
+    set_rng_state(state["rng"])
