@@ -72,7 +72,7 @@ def official_spec(state: dict[str, torch.Tensor], source: str = "state_dict") ->
         # With dropout the second conv moves from conv_block.5 to conv_block.6 (a batch-norm
         # layer can sit at .6 too, but its weight is 1-D).
         dropout = any(k.endswith(".conv_block.6.weight") and v.dim() == 4 for k, v in state.items())
-        norm = "batch" if "model.2.weight" in state else "instance"
+        norm = _norm_of(state, "model.2.weight", "model.1.bias")
         if n_blocks not in (6, 9):
             raise CheckpointError(
                 f"{source}: ResNet generator with {n_blocks} blocks is not supported"
@@ -96,7 +96,7 @@ def official_spec(state: dict[str, torch.Tensor], source: str = "state_dict") ->
             raise CheckpointError(f"{source}: U-Net with {num_downs} levels is not supported")
         first = state["model.model.0.weight"]
         outer = state["model.model.3.weight"]  # ConvTranspose2d(2*ngf, output_nc): (in, out, k, k)
-        norm = "batch" if "model.model.1.model.2.weight" in state else "instance"
+        norm = _norm_of(state, "model.model.1.model.2.weight", "model.model.0.bias")
         dropout = False  # dropout layers hold no weights; irrelevant at eval time
         return {
             "arch": f"unet_{2**num_downs}",
@@ -107,6 +107,14 @@ def official_spec(state: dict[str, torch.Tensor], source: str = "state_dict") ->
             "use_dropout": dropout,
         }
     raise CheckpointError(f"{source}: keys do not look like a CycleGAN generator")
+
+
+def _norm_of(state: dict[str, torch.Tensor], norm_weight: str, conv_bias: str) -> str:
+    # Batch norm has weights; instance norm has none but its convs keep their bias; with no
+    # norm at all the official code builds the convs without bias.
+    if norm_weight in state:
+        return "batch"
+    return "instance" if conv_bias in state else "none"
 
 
 def _drop_stale_instance_norm_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict:

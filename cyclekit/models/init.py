@@ -9,7 +9,10 @@ INITS = ("normal", "xavier", "kaiming", "orthogonal")
 
 
 def init_weights(
-    net: nn.Module, init_type: str = "normal", gain: float = 0.02, generator: torch.Generator | None = None
+    net: nn.Module,
+    init_type: str = "normal",
+    gain: float = 0.02,
+    generator: torch.Generator | None = None,
 ) -> nn.Module:
     """Initialise conv/linear weights by ``init_type`` (biases 0); batch-norm weights N(1, gain).
 

@@ -288,9 +288,12 @@ def train(
                 run_dir / f"{name}.pt", net, specs[name], direction, {"run": cfg.name, "step": step}
             )
 
+    sampled_at = [-1]
+
     def write_samples() -> None:
-        if samples_a is None or samples_b is None:
+        if samples_a is None or samples_b is None or sampled_at[0] == step:
             return
+        sampled_at[0] = step
         n = min(len(samples_a), len(samples_b))
         out = translate_samples(m, samples_a[:n].to(device), samples_b[:n].to(device), autocast)
         path = save_sample_grid(out, run_dir / "samples" / f"step_{step:08d}.png")
