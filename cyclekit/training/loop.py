@@ -264,6 +264,8 @@ def train(
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # left by a save that was killed mid-write
+        stale.unlink(missing_ok=True)
     config = cfg.to_dict()
     _write_yaml(run_dir / "config.yaml", config)
     tracker = start_tracker(
