@@ -26,6 +26,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "export",
         "Export a generator to ONNX or TorchScript.",
     ),
+    "datasets": (
+        "cyclekit.cli_datasets",
+        "datasets",
+        "List, download or synthesise unpaired datasets.",
+    ),
+    "demo": (
+        "cyclekit.cli_demo",
+        "demo",
+        "See CycleGAN learn in minutes on a CPU: synth data, train, translate, gallery.",
+    ),
     "gan": ("cyclekit.cli_mnist", "gan", "MNIST baselines: vanilla GAN and DCGAN."),
     "ae": ("cyclekit.cli_mnist", "ae", "MNIST baseline: a (denoising) autoencoder."),
 }
