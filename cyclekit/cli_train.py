@@ -133,6 +133,11 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
     help="fp32, bf16 (autocast; fast on recent CPUs/GPUs), fp16 (CUDA), auto.",
 )
 @opt("--num-workers", name="num_workers", type=int, help="Data loading processes.")
+@opt(
+    "--compile/--no-compile",
+    name="compile",
+    help="torch.compile the networks: a slow first step, then faster ones (GPU mostly).",
+)
 @opt("--log-every", name="log_every", type=int, help="Steps between loss logs.")
 @opt("--sample-every", name="sample_every", type=int, help="Steps between sample grids.")
 @opt("--n-samples", name="n_samples", type=int, help="Test images per domain in the grids.")
@@ -197,6 +202,10 @@ def train(
     except (C.ConfigError, CheckpointError, DataError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     where = result.run_dir
+    if result.ranks_in_sync is False:
+        raise click.ClickException("ranks ended with different weights; the run is not trustworthy")
+    if not result.is_main:
+        sys.exit(130 if result.interrupted else 0)
     if result.interrupted:
         click.echo(
             f"stopped at step {result.step}; continue with --resume auto ({where}/last.pt)",

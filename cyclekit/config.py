@@ -31,6 +31,7 @@ RESUMABLE_OVERRIDES = frozenset(
         "device",
         "precision",
         "num_workers",
+        "compile",
         "log_every",
         "sample_every",
         "save_every",
@@ -76,6 +77,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     num_workers: int = 4
+    compile: bool = False  # torch.compile the four networks (slow start, faster steps)
     batch_size: int = 1
     epochs: int = 100  # epochs at the initial learning rate
     epochs_decay: int = 100  # epochs of linear decay to 0

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cyclekit.checkpoint import safe_load
 from cyclekit.cli import main
 from tests.helpers import make_image_tree
-from tests.wandb_reader import config_keys, history
+from tests.wandb_reader import config_keys, history, wait_until_complete
 
 TINY = [
     "--ngf",
@@ -192,6 +192,7 @@ def test_wandb_offline_records_losses_lr_images_and_config(tmp_path):
     run_dir = tmp_path / "ck" / "wb"
     files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
+    wait_until_complete(files[0])
     rows = history(files[0])
     assert [int(row["_step"]) for row in rows] == [2, 4]
     for key in (
@@ -216,6 +217,7 @@ def test_wandb_offline_records_losses_lr_images_and_config(tmp_path):
     assert r.exit_code == 0, r.output
     resumed = [f for f in (run_dir / "wandb").glob("offline-run-*/run-*.wandb") if f != files[0]]
     assert len(resumed) == 1 and run_id in resumed[0].name
+    wait_until_complete(resumed[0])
     assert [int(row["_step"]) for row in history(resumed[0])] == [6]
 
 

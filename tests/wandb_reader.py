@@ -58,3 +58,19 @@ def config_keys(path: Path) -> set[str]:
             cfg = r.config if r.WhichOneof("record_type") == "config" else r.run.config
             keys |= {(i.key or "/".join(i.nested_key)) for i in cfg.update}
     return keys
+
+
+def wait_until_complete(path: Path, timeout: float = 60.0) -> None:
+    """Wait for the run's final ``exit`` record: wandb's writer process may lag behind
+    ``run.finish()`` on a loaded machine."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(r.WhichOneof("record_type") == "exit" for r in read_records(path)):
+                return
+        except Exception:  # noqa: BLE001 - a record still being written
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{path}: no exit record after {timeout} s")

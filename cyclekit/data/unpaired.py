@@ -7,6 +7,7 @@ position when a run resumes mid-epoch.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,21 +77,32 @@ def scan_domain(name: str, root: str | Path) -> Domain:
 
 
 class EpochSampler(Sampler):
-    """Yields (index_a, index_b, sample_seed) triples for one epoch, from ``start`` on."""
+    """Yields (index_a, index_b, sample_seed) triples for one epoch, from ``start`` on.
 
-    def __init__(self, n_a: int, n_b: int, seed: int) -> None:
+    Under torch.distributed each of ``world_size`` ranks takes every world_size-th entry of
+    the same seeded plan (padded by wrapping around, as DistributedSampler does), so ranks
+    see disjoint samples and all run the same number of steps.
+    """
+
+    def __init__(self, n_a: int, n_b: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.n_a, self.n_b, self.seed = n_a, n_b, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's plan; ``start``: entries of this rank's share already done."""
         self.epoch, self.start = epoch, start
 
+    @property
+    def per_rank(self) -> int:
+        return math.ceil(max(self.n_a, self.n_b) / self.world_size)
+
     def __len__(self) -> int:
-        return max(self.n_a, self.n_b) - self.start
+        return self.per_rank - self.start
 
     def plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         length = max(self.n_a, self.n_b)
-        # A distinct, reproducible stream per (seed, epoch).
+        # A distinct, reproducible stream per (seed, epoch), the same on every rank.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 1)
         order = torch.randperm(length, generator=g) % self.n_a
         index_b = torch.randint(self.n_b, (length,), generator=g)
@@ -99,8 +111,10 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         a, b, s = self.plan(self.epoch)
-        for i in range(self.start, len(a)):
-            yield int(a[i]), int(b[i]), int(s[i])
+        length = len(a)
+        for i in range(self.start, self.per_rank):
+            j = (i * self.world_size + self.rank) % length
+            yield int(a[j]), int(b[j]), int(s[j])
 
 
 class UnpairedDataset(Dataset):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclekit.config import TrainConfig
+from cyclekit.distributed import unwrap
 from cyclekit.image_pool import ImagePool
 from cyclekit.losses import discriminator_adv_loss, generator_adv_loss, gradient_penalty
 from cyclekit.models import build_discriminator, generator_from_spec, generator_spec, init_weights
@@ -51,8 +52,11 @@ class CycleGAN:
         return {"G_ab": self.G_ab, "G_ba": self.G_ba, "D_a": self.D_a, "D_b": self.D_b}
 
 
-def build_cyclegan(cfg: TrainConfig, device: torch.device) -> CycleGAN:
-    """Four freshly initialised networks and their optimisers, all from ``cfg.seed``."""
+def build_cyclegan(cfg: TrainConfig, device: torch.device, rank: int = 0) -> CycleGAN:
+    """Four freshly initialised networks and their optimisers, all from ``cfg.seed``.
+
+    Weights are the same on every rank; pools and the penalty's generator differ per rank.
+    """
     init_gen = torch.Generator().manual_seed(cfg.seed)
     specs = generator_specs(cfg)
     nets = {name: generator_from_spec(spec) for name, spec in specs.items()}
@@ -74,9 +78,9 @@ def build_cyclegan(cfg: TrainConfig, device: torch.device) -> CycleGAN:
         D_b=nets["D_b"],
         opt_G=adam(itertools.chain(nets["G_ab"].parameters(), nets["G_ba"].parameters())),
         opt_D=adam(itertools.chain(nets["D_a"].parameters(), nets["D_b"].parameters())),
-        pool_a=ImagePool(cfg.pool_size, seed=cfg.seed + 1),
-        pool_b=ImagePool(cfg.pool_size, seed=cfg.seed + 2),
-        gp_generator=torch.Generator().manual_seed(cfg.seed + 3),
+        pool_a=ImagePool(cfg.pool_size, seed=cfg.seed + 1 + 100 * rank),
+        pool_b=ImagePool(cfg.pool_size, seed=cfg.seed + 2 + 100 * rank),
+        gp_generator=torch.Generator().manual_seed(cfg.seed + 3 + 100 * rank),
     )
 
 
@@ -118,8 +122,9 @@ def train_step(
             loss_idt_a = F.l1_loss(m.G_ba(real_a).float(), real_a) * lam_a * lam_idt
         else:
             loss_idt_a = loss_idt_b = zero
-        loss_G_ab = generator_adv_loss(m.D_b(fake_b), cfg.gan_mode)
-        loss_G_ba = generator_adv_loss(m.D_a(fake_a), cfg.gan_mode)
+        # The plain modules, not their DDP wrappers: a frozen D must not expect a gradient sync.
+        loss_G_ab = generator_adv_loss(unwrap(m.D_b)(fake_b), cfg.gan_mode)
+        loss_G_ba = generator_adv_loss(unwrap(m.D_a)(fake_a), cfg.gan_mode)
         loss_cycle_a = F.l1_loss(rec_a.float(), real_a) * lam_a
         loss_cycle_b = F.l1_loss(rec_b.float(), real_b) * lam_b
         loss_G = loss_G_ab + loss_G_ba + loss_cycle_a + loss_cycle_b + loss_idt_a + loss_idt_b
@@ -157,18 +162,19 @@ def translate_samples(
     m: CycleGAN, real_a: torch.Tensor, real_b: torch.Tensor, autocast: Callable[[], Any]
 ) -> dict[str, torch.Tensor]:
     """Translations and reconstructions for sample grids (generators in eval mode)."""
-    was_training = m.G_ab.training
-    m.G_ab.eval()
-    m.G_ba.eval()
+    G_ab, G_ba = unwrap(m.G_ab), unwrap(m.G_ba)
+    was_training = G_ab.training
+    G_ab.eval()
+    G_ba.eval()
     try:
         with autocast():
-            fake_b = m.G_ab(real_a)
-            rec_a = m.G_ba(fake_b)
-            fake_a = m.G_ba(real_b)
-            rec_b = m.G_ab(fake_a)
+            fake_b = G_ab(real_a)
+            rec_a = G_ba(fake_b)
+            fake_a = G_ba(real_b)
+            rec_b = G_ab(fake_a)
     finally:
-        m.G_ab.train(was_training)
-        m.G_ba.train(was_training)
+        G_ab.train(was_training)
+        G_ba.train(was_training)
     out = {"real_a": real_a, "fake_b": fake_b, "rec_a": rec_a}
     out |= {"real_b": real_b, "fake_a": fake_a, "rec_b": rec_b}
     return {k: v.float() for k, v in out.items()}

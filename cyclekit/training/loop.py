@@ -1,31 +1,39 @@
-"""``cyclekit train``: data, model, the loop, samples, checkpoints and tracking, top to bottom."""
+"""``cyclekit train``: data, model, the loop, samples, checkpoints and tracking, top to bottom.
+
+One process trains on one device; under ``torchrun`` each process is one rank of a
+DistributedDataParallel run (rank 0 alone writes files and talks to W&B).
+"""
 
 from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from cyclekit.checkpoint import CheckpointError
-from cyclekit.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
-from cyclekit.data.images import ImageDecodeError, decode_image, list_images
-from cyclekit.data.unpaired import Domain, EpochSampler, UnpairedDataset, scan_domain
+from cyclekit.checkpoint import atomic_save
+from cyclekit.config import TrainConfig
+from cyclekit.data.images import list_images
+from cyclekit.data.unpaired import EpochSampler, UnpairedDataset, scan_domain
 from cyclekit.devices import autocast as make_autocast
 from cyclekit.devices import resolve_device, resolve_precision
+from cyclekit.distributed import (
+    any_rank,
+    gather_objects,
+    init_distributed,
+    shutdown,
+    unwrap,
+    weights_fingerprint,
+)
 from cyclekit.generator_io import save_generator
 from cyclekit.models import side_multiple
-from cyclekit.tracking import start_tracker
+from cyclekit.tracking import NullTracker, start_tracker
 from cyclekit.training.cyclegan import (
     LOSS_NAMES,
     build_cyclegan,
@@ -34,9 +42,19 @@ from cyclekit.training.cyclegan import (
     translate_samples,
 )
 from cyclekit.training.samples import save_sample_grid
+from cyclekit.training.setup import (
+    StopFlag,
+    domain_dirs,
+    merge_resumed_config,
+    report_domain,
+    resolve_resume,
+    sample_batch,
+    write_yaml,
+)
 from cyclekit.training.state import (
     load_train_state,
     models_payload,
+    rank_state,
     restore_train_state,
     save_train_state,
 )
@@ -50,6 +68,9 @@ class TrainResult:
     interrupted: bool = False
     losses: dict[str, float] = field(default_factory=dict)  # means over the last log window
     history: list[dict[str, float]] = field(default_factory=list)
+    world_size: int = 1
+    is_main: bool = True  # rank 0 (the only rank without torch.distributed)
+    ranks_in_sync: bool | None = None  # DDP: were the weights identical on every rank at the end
 
 
 def lr_factor(step: int, total_steps: int, decay_steps: int) -> float:
@@ -62,137 +83,9 @@ def lr_factor(step: int, total_steps: int, decay_steps: int) -> float:
     return max(0.0, min(1.0, (total_steps - step) / decay_steps))
 
 
-def _domain_dirs(cfg: TrainConfig) -> tuple[Path, Path, Path | None, Path | None]:
-    if cfg.data is not None:
-        root = Path(cfg.data)
-        if not root.is_dir():
-            raise ConfigError(f"--data {root}: folder does not exist")
-        for sub in ("trainA", "trainB"):
-            if not (root / sub).is_dir():
-                raise ConfigError(f"--data {root}: missing {sub}/ (expected trainA/ and trainB/)")
-        test_a, test_b = root / "testA", root / "testB"
-        return (
-            root / "trainA",
-            root / "trainB",
-            test_a if test_a.is_dir() else None,
-            test_b if test_b.is_dir() else None,
-        )
-    return Path(cfg.data_a), Path(cfg.data_b), None, None
-
-
-def _report_domain(domain: Domain, cfg: TrainConfig) -> None:
-    if domain.bad:
-        print(
-            f"skipping {len(domain.bad)} unreadable file(s) in domain {domain.name}:",
-            file=sys.stderr,
-        )
-        for line in domain.bad:
-            print(f"  {line}", file=sys.stderr)
-    from cyclekit.data.transforms import needs_upscale
-
-    small = [
-        f
-        for f, (w, h) in zip(domain.files, domain.sizes, strict=True)
-        if needs_upscale(w, h, cfg.preprocess, cfg.load_size, cfg.crop_size)
-    ]
-    if small:
-        print(
-            f"warning: {len(small)} image(s) in domain {domain.name} are smaller than "
-            f"--crop-size {cfg.crop_size} and will be upscaled (e.g. {small[0]})",
-            file=sys.stderr,
-        )
-
-
-def _sample_batch(paths: list[Path], channels: int, cfg: TrainConfig) -> torch.Tensor | None:
-    from cyclekit.data.transforms import eval_transform
-
-    side = cfg.crop_size if cfg.preprocess != "none" else 256
-    tensors = []
-    for path in paths:
-        try:
-            pixels = decode_image(path, channels=channels).pixels
-        except ImageDecodeError:
-            continue
-        tensors.append(eval_transform(pixels, side, side_multiple(cfg.netG)))
-        if len(tensors) == cfg.n_samples:
-            break
-    return torch.stack(tensors) if tensors else None
-
-
-def _resolve_resume(cfg: TrainConfig, resume: str | None) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "auto":
-        last = cfg.run_dir / "last.pt"
-        return last if last.exists() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise CheckpointError(f"--resume {path}: no such file")
-    return path
-
-
-def merge_resumed_config(
-    saved: dict[str, Any], cfg: TrainConfig, explicit: set[str] | None
-) -> TrainConfig:
-    """The saved config, with the explicitly given settings that may change on resume.
-
-    ``explicit``: names of settings the user gave (None: all of ``cfg``).
-    """
-    current = cfg.to_dict()
-    names = set(current) if explicit is None else explicit
-    merged = dict(saved)
-    conflicts = []
-    for name in sorted(names):
-        if name not in saved or saved[name] == current[name]:
-            continue
-        if name in RESUMABLE_OVERRIDES:
-            merged[name] = current[name]
-        else:
-            conflicts.append(
-                f"--{name.replace('_', '-')} {current[name]!r} (run has {saved[name]!r})"
-            )
-    if conflicts:
-        raise ConfigError(
-            "cannot resume with changed settings: "
-            + "; ".join(conflicts)
-            + ". Drop these flags, or start a new run with another --name"
-        )
-    return TrainConfig.from_dict(merged, "checkpoint config")
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary and returns."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-        print(
-            "\nstopping after this step (saving last.pt); press Ctrl-C again to abort",
-            file=sys.stderr,
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def _write_yaml(path: Path, values: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(values, f, sort_keys=False)
-    os.replace(tmp, path)
+def _log(msg: str, main: bool) -> None:
+    if main:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def train(
@@ -204,26 +97,32 @@ def train(
     """Train (or continue) a CycleGAN run in ``cfg.run_dir``. See ``cyclekit train --help``."""
     from tqdm import tqdm
 
-    resume_path = _resolve_resume(cfg, resume)
+    resume_path = resolve_resume(cfg, resume)
     state = load_train_state(resume_path) if resume_path else None
     if state is not None:
         cfg = merge_resumed_config(state["config"], cfg, explicit)
-    device = resolve_device(cfg.device)
+    dist_info, device = init_distributed(resolve_device(cfg.device))
+    main, world = dist_info.is_main, dist_info.world_size
     precision = resolve_precision(cfg.precision, device)
     autocast = make_autocast(device, precision)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest conv kernels
 
     # Data: scan both domains up front so bad folders fail before any model is built.
-    dir_a, dir_b, test_a, test_b = _domain_dirs(cfg)
+    dir_a, dir_b, test_a, test_b = domain_dirs(cfg)
     domain_a, domain_b = scan_domain("A", dir_a), scan_domain("B", dir_b)
-    for domain in (domain_a, domain_b):
-        _report_domain(domain, cfg)
+    if main:
+        for domain in (domain_a, domain_b):
+            report_domain(domain, cfg)
     from cyclekit.data.transforms import TrainTransform
 
     transform = TrainTransform(
         cfg.preprocess, cfg.load_size, cfg.crop_size, not cfg.no_flip, side_multiple(cfg.netG)
     )
     dataset = UnpairedDataset(domain_a, domain_b, transform, cfg.input_nc, cfg.output_nc)
-    sampler = EpochSampler(len(domain_a.files), len(domain_b.files), cfg.seed)
+    sampler = EpochSampler(
+        len(domain_a.files), len(domain_b.files), cfg.seed, dist_info.rank, world
+    )
     workers = min(cfg.num_workers, os.cpu_count() or 1)
     loader = DataLoader(
         dataset,
@@ -236,15 +135,17 @@ def train(
         # RNG, which shifts dropout's random stream and breaks exact resume.
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
+    steps_per_epoch = math.ceil(sampler.per_rank / cfg.batch_size)
     total_steps = cfg.total_epochs * steps_per_epoch
     decay_steps = cfg.epochs_decay * steps_per_epoch
-    samples_a = _sample_batch(list_images(test_a) if test_a else domain_a.files, cfg.input_nc, cfg)
-    samples_b = _sample_batch(list_images(test_b) if test_b else domain_b.files, cfg.output_nc, cfg)
+    files_a = list_images(test_a) if test_a else domain_a.files
+    files_b = list_images(test_b) if test_b else domain_b.files
+    samples_a = sample_batch(files_a, cfg.input_nc, cfg) if main else None
+    samples_b = sample_batch(files_b, cfg.output_nc, cfg) if main else None
 
     # Model, optimisers, schedule. Global RNGs are seeded too (dropout draws from them).
-    torch.manual_seed(cfg.seed)
-    m = build_cyclegan(cfg, device)
+    torch.manual_seed(cfg.seed + dist_info.rank)
+    m = build_cyclegan(cfg, device, dist_info.rank)
     specs = generator_specs(cfg)
     schedulers = {
         name: torch.optim.lr_scheduler.LambdaLR(
@@ -256,38 +157,57 @@ def train(
     step = epoch = epoch_step = 0
     wandb_id = None
     if state is not None:
-        restore_train_state(state, m, schedulers, scaler, device)
+        restore_train_state(state, m, schedulers, scaler, device, dist_info.rank, world)
         step, epoch, epoch_step = state["step"], state["epoch"], state["epoch_step"]
         wandb_id = state.get("wandb_run_id")
-        print(f"resuming {resume_path} at step {step} (epoch {epoch + 1})", file=sys.stderr)
+        _log(f"resuming {resume_path} at step {step} (epoch {epoch + 1})", main)
         del state
+    if dist_info.enabled:
+        # Wrap after loading: checkpoints hold the plain modules' keys.
+        ids = [device.index] if device.type == "cuda" else None
+        for name in ("G_ab", "G_ba", "D_a", "D_b"):
+            setattr(m, name, DistributedDataParallel(getattr(m, name), device_ids=ids))
+    if cfg.compile:
+        for name in ("G_ab", "G_ba", "D_a", "D_b"):
+            setattr(m, name, torch.compile(getattr(m, name)))
 
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.tmp"):  # left by a save that was killed mid-write
-        stale.unlink(missing_ok=True)
     config = cfg.to_dict()
-    _write_yaml(run_dir / "config.yaml", config)
-    tracker = start_tracker(
-        cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, cfg.name, config, run_dir,
-        cfg.tags, wandb_id,
-    )  # fmt: skip
-    print(
+    tracker = NullTracker()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # left by a save that was killed mid-write
+            stale.unlink(missing_ok=True)
+        write_yaml(run_dir / "config.yaml", config)
+        tracker = start_tracker(
+            cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, cfg.name, config, run_dir,
+            cfg.tags, wandb_id,
+        )  # fmt: skip
+    _log(
         f"training {cfg.name}: {len(domain_a.files)} A / {len(domain_b.files)} B images, "
-        f"{steps_per_epoch} steps/epoch x {cfg.total_epochs} epochs, batch {cfg.batch_size}, "
-        f"{device.type} {precision}; run folder {run_dir}",
-        file=sys.stderr,
+        f"{steps_per_epoch} steps/epoch x {cfg.total_epochs} epochs, batch {cfg.batch_size}"
+        + (
+            f" per process x {world} processes = {cfg.batch_size * world} global"
+            if world > 1
+            else ""
+        )
+        + f", {device.type} {precision}; run folder {run_dir}",
+        main,
     )
 
     def save_last() -> None:
+        # Every rank takes part (the gather); rank 0 writes.
+        ranks = gather_objects(rank_state(m), dist_info)
+        if not main:
+            return
         save_train_state(
             run_dir / "last.pt", m, schedulers, scaler, config, specs, step, epoch,
-            epoch_step, tracker.run_id,
+            epoch_step, tracker.run_id, ranks,
         )  # fmt: skip
         for name, direction in (("G_ab", "a2b"), ("G_ba", "b2a")):
-            net = getattr(m, name)
+            meta = {"run": cfg.name, "step": step}
             save_generator(
-                run_dir / f"{name}.pt", net, specs[name], direction, {"run": cfg.name, "step": step}
+                run_dir / f"{name}.pt", unwrap(getattr(m, name)), specs[name], direction, meta
             )
 
     sampled_at = [-1]
@@ -301,12 +221,12 @@ def train(
         path = save_sample_grid(out, run_dir / "samples" / f"step_{step:08d}.png")
         tracker.log_images({"samples": path}, step)
 
-    result = TrainResult(run_dir=run_dir, step=step, epoch=epoch)
+    result = TrainResult(run_dir=run_dir, step=step, epoch=epoch, world_size=world, is_main=main)
     window: dict[str, torch.Tensor] = {}
     window_steps, window_start = 0, time.perf_counter()
     epoch_sums: dict[str, float] = {}
     done = step >= total_steps or (cfg.max_steps is not None and step >= cfg.max_steps)
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         while not done and epoch < cfg.total_epochs:
             sampler.set_epoch(epoch, epoch_step * cfg.batch_size)
             epoch_start = time.perf_counter()
@@ -315,7 +235,7 @@ def train(
                 initial=epoch_step,
                 desc=f"epoch {epoch + 1}/{cfg.total_epochs}",
                 unit="it",
-                disable=not progress,
+                disable=not (progress and main),
                 dynamic_ncols=True,
                 leave=False,
                 file=sys.stderr,
@@ -332,19 +252,16 @@ def train(
                 for k, v in losses.items():
                     window[k] = window.get(k, 0) + v  # stays on the device: no sync
                 bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                log_now = step % cfg.log_every == 0 or step == cfg.max_steps
+                if log_now:
                     elapsed = time.perf_counter() - window_start
                     means = {k: float(v) / window_steps for k, v in window.items()}
-                    rate = window_steps * cfg.batch_size / max(elapsed, 1e-9)
+                    rate = window_steps * cfg.batch_size * world / max(elapsed, 1e-9)
                     record = {f"loss/{k}": means[k] for k in LOSS_NAMES}
-                    record |= {
-                        "lr/G": m.opt_G.param_groups[0]["lr"],
-                        "lr/D": m.opt_D.param_groups[0]["lr"],
-                    }
-                    record |= {
-                        "perf/images_per_s": rate,
-                        "epoch": epoch + epoch_step / steps_per_epoch,
-                    }
+                    record["lr/G"] = m.opt_G.param_groups[0]["lr"]
+                    record["lr/D"] = m.opt_D.param_groups[0]["lr"]
+                    record["perf/images_per_s"] = rate
+                    record["epoch"] = epoch + epoch_step / steps_per_epoch
                     tracker.log(record, step)
                     result.history.append({"step": step, **record})
                     result.losses = means
@@ -360,8 +277,14 @@ def train(
                     write_samples()
                 if step % cfg.save_latest_every == 0:
                     save_last()
-                if stop.requested or (cfg.max_steps is not None and step >= cfg.max_steps):
+                # Under DDP the stop decision is shared (one all-reduce per log window), so
+                # every rank leaves the loop at the same step.
+                stopping = stop.requested
+                if dist_info.enabled:
+                    stopping = any_rank(stopping, dist_info, device) if log_now else False
+                if stopping or (cfg.max_steps is not None and step >= cfg.max_steps):
                     done = True
+                    stop.requested = stop.requested or stopping
                     break
             bar.close()
             if epoch_step < steps_per_epoch:
@@ -372,22 +295,28 @@ def train(
                 for k in ("G", "D_a", "D_b", "cycle_a", "cycle_b")
                 if k in epoch_sums
             )
-            took = time.perf_counter() - epoch_start
-            print(
+            _log(
                 f"epoch {epoch + 1}/{cfg.total_epochs} done: step {step}, {summary}, "
-                f"lr {m.opt_G.param_groups[0]['lr']:.2e}, {took:.0f}s",
-                file=sys.stderr,
+                f"lr {m.opt_G.param_groups[0]['lr']:.2e}, "
+                f"{time.perf_counter() - epoch_start:.0f}s",
+                main,
             )
             epoch_sums = {}
             epoch, epoch_step = epoch + 1, 0
             save_last()
-            if epoch % cfg.save_every == 0:
-                from cyclekit.checkpoint import atomic_save
-
+            if main and epoch % cfg.save_every == 0:
                 atomic_save(models_payload(m, config, specs), run_dir / f"epoch_{epoch:04d}.pt")
         result.interrupted = stop.requested
     save_last()
     write_samples()
+    if dist_info.enabled:
+        prints = gather_objects(weights_fingerprint(m.networks()), dist_info)
+        result.ranks_in_sync = all(p == prints[0] for p in prints)
+        _log(
+            f"weights identical on all {world} ranks: {'yes' if result.ranks_in_sync else 'NO'}",
+            main,
+        )
     tracker.finish()
+    shutdown()
     result.step, result.epoch = step, epoch
     return result

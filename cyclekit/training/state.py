@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cyclekit.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
+from cyclekit.distributed import unwrap
 from cyclekit.generator_io import TRAIN_FORMAT
 from cyclekit.training.cyclegan import CycleGAN
 
@@ -47,8 +48,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     # Unwrapped keys (no "module."/"_orig_mod." prefixes) on the CPU.
-    module = getattr(module, "_orig_mod", module)
-    module = getattr(module, "module", module)
+    module = unwrap(module)
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
@@ -63,6 +63,14 @@ def models_payload(m: CycleGAN, config: dict, specs: dict) -> dict[str, Any]:
     }
 
 
+def rank_state(m: CycleGAN) -> dict[str, Any]:
+    """What differs between ranks: the pools and the random streams."""
+    return {
+        "pools": {"a": m.pool_a.state_dict(), "b": m.pool_b.state_dict()},
+        "rng": rng_state() | {"gp": m.gp_generator.get_state()},
+    }
+
+
 def save_train_state(
     path: Path,
     m: CycleGAN,
@@ -74,18 +82,22 @@ def save_train_state(
     epoch: int,
     epoch_step: int,
     wandb_run_id: str | None,
+    rank_states: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write ``last.pt`` atomically: nets, optimisers, schedulers, pools, RNGs, position.
 
     Data order needs no saved state: it is a pure function of (seed, epoch, epoch_step).
     """
     payload = models_payload(m, config, specs)
+    rank_states = rank_states or [rank_state(m)]
     payload |= {
         "optimizers": {"G": m.opt_G.state_dict(), "D": m.opt_D.state_dict()},
         "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
         "scaler": scaler.state_dict(),
-        "pools": {"a": m.pool_a.state_dict(), "b": m.pool_b.state_dict()},
-        "rng": rng_state() | {"gp": m.gp_generator.get_state()},
+        # Rank 0's pools and RNGs at the top level (what a single process resumes from);
+        # under torch.distributed every rank's, so the same world size resumes exactly.
+        **rank_states[0],
+        "rank_states": rank_states if len(rank_states) > 1 else None,
         "step": step,
         "epoch": epoch,
         "epoch_step": epoch_step,
@@ -117,7 +129,21 @@ def restore_train_state(
     schedulers: dict[str, Any],
     scaler: torch.amp.GradScaler,
     device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> None:
+    """Load ``state`` into plain (not yet DDP-wrapped) modules and their optimisers.
+
+    Pools and RNGs: this rank's saved ones when the world size is unchanged; otherwise rank 0
+    takes the saved ones and other ranks keep their fresh, seeded ones.
+    """
+    per_rank = state.get("rank_states")
+    if per_rank and len(per_rank) == world_size:
+        mine = per_rank[rank]
+    elif rank == 0:
+        mine = {"pools": state["pools"], "rng": state["rng"]}
+    else:
+        mine = None
     for name, net in m.networks().items():
         net.load_state_dict(state["models"][name])
     m.opt_G.load_state_dict(state["optimizers"]["G"])
@@ -125,7 +151,8 @@ def restore_train_state(
     for k, s in schedulers.items():
         s.load_state_dict(state["schedulers"][k])
     scaler.load_state_dict(state["scaler"])
-    m.pool_a.load_state_dict(state["pools"]["a"], device)
-    m.pool_b.load_state_dict(state["pools"]["b"], device)
-    m.gp_generator.set_state(state["rng"]["gp"])
-    set_rng_state(state["rng"])
+    if mine is not None:
+        m.pool_a.load_state_dict(mine["pools"]["a"], device)
+        m.pool_b.load_state_dict(mine["pools"]["b"], device)
+        m.gp_generator.set_state(mine["rng"]["gp"])
+        set_rng_state(mine["rng"])

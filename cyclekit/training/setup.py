@@ -1,0 +1,153 @@
+"""Run set-up for ``cyclekit train``: folders, resume, config merging, signals, small files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from cyclekit.checkpoint import CheckpointError
+from cyclekit.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
+from cyclekit.data.images import ImageDecodeError, decode_image
+from cyclekit.data.unpaired import Domain
+from cyclekit.models import side_multiple
+
+
+def domain_dirs(cfg: TrainConfig) -> tuple[Path, Path, Path | None, Path | None]:
+    if cfg.data is not None:
+        root = Path(cfg.data)
+        if not root.is_dir():
+            raise ConfigError(f"--data {root}: folder does not exist")
+        for sub in ("trainA", "trainB"):
+            if not (root / sub).is_dir():
+                raise ConfigError(f"--data {root}: missing {sub}/ (expected trainA/ and trainB/)")
+        test_a, test_b = root / "testA", root / "testB"
+        return (
+            root / "trainA",
+            root / "trainB",
+            test_a if test_a.is_dir() else None,
+            test_b if test_b.is_dir() else None,
+        )
+    return Path(cfg.data_a), Path(cfg.data_b), None, None
+
+
+def report_domain(domain: Domain, cfg: TrainConfig) -> None:
+    if domain.bad:
+        print(
+            f"skipping {len(domain.bad)} unreadable file(s) in domain {domain.name}:",
+            file=sys.stderr,
+        )
+        for line in domain.bad:
+            print(f"  {line}", file=sys.stderr)
+    from cyclekit.data.transforms import needs_upscale
+
+    small = [
+        f
+        for f, (w, h) in zip(domain.files, domain.sizes, strict=True)
+        if needs_upscale(w, h, cfg.preprocess, cfg.load_size, cfg.crop_size)
+    ]
+    if small:
+        print(
+            f"warning: {len(small)} image(s) in domain {domain.name} are smaller than "
+            f"--crop-size {cfg.crop_size} and will be upscaled (e.g. {small[0]})",
+            file=sys.stderr,
+        )
+
+
+def sample_batch(paths: list[Path], channels: int, cfg: TrainConfig) -> torch.Tensor | None:
+    from cyclekit.data.transforms import eval_transform
+
+    side = cfg.crop_size if cfg.preprocess != "none" else 256
+    tensors = []
+    for path in paths:
+        try:
+            pixels = decode_image(path, channels=channels).pixels
+        except ImageDecodeError:
+            continue
+        tensors.append(eval_transform(pixels, side, side_multiple(cfg.netG)))
+        if len(tensors) == cfg.n_samples:
+            break
+    return torch.stack(tensors) if tensors else None
+
+
+def resolve_resume(cfg: TrainConfig, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = cfg.run_dir / "last.pt"
+        return last if last.exists() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume {path}: no such file")
+    return path
+
+
+def merge_resumed_config(
+    saved: dict[str, Any], cfg: TrainConfig, explicit: set[str] | None
+) -> TrainConfig:
+    """The saved config, with the explicitly given settings that may change on resume.
+
+    ``explicit``: names of settings the user gave (None: all of ``cfg``).
+    """
+    current = cfg.to_dict()
+    names = set(current) if explicit is None else explicit
+    merged = dict(saved)
+    conflicts = []
+    for name in sorted(names):
+        if name not in saved or saved[name] == current[name]:
+            continue
+        if name in RESUMABLE_OVERRIDES:
+            merged[name] = current[name]
+        else:
+            conflicts.append(
+                f"--{name.replace('_', '-')} {current[name]!r} (run has {saved[name]!r})"
+            )
+    if conflicts:
+        raise ConfigError(
+            "cannot resume with changed settings: "
+            + "; ".join(conflicts)
+            + ". Drop these flags, or start a new run with another --name"
+        )
+    return TrainConfig.from_dict(merged, "checkpoint config")
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary and returns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nstopping after this step (saving last.pt); press Ctrl-C again to abort",
+            file=sys.stderr,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def write_yaml(path: Path, values: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(values, f, sort_keys=False)
+    os.replace(tmp, path)
