@@ -91,6 +91,12 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
     type=int,
     help="Stop after this many steps in total (smoke tests, time-boxed runs).",
 )
+@opt(
+    "--max-minutes",
+    name="max_minutes",
+    type=float,
+    help="Stop (saving last.pt) after this much training time; resume later with --resume auto.",
+)
 @opt("--lr", name="lr", type=float, help="Adam learning rate.")
 @opt("--beta1", name="beta1", type=float, help="Adam beta1.")
 @opt("--beta2", name="beta2", type=float, help="Adam beta2.")

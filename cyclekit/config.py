@@ -28,6 +28,7 @@ RESUMABLE_OVERRIDES = frozenset(
         "epochs",
         "epochs_decay",
         "max_steps",
+        "max_minutes",
         "device",
         "precision",
         "num_workers",
@@ -82,6 +83,7 @@ class TrainConfig:
     epochs: int = 100  # epochs at the initial learning rate
     epochs_decay: int = 100  # epochs of linear decay to 0
     max_steps: int | None = None  # stop after this many iterations in total (smoke runs)
+    max_minutes: float | None = None  # stop (and save) after this much training time
     # model
     netG: str = "resnet_9blocks"
     ngf: int = 64
@@ -145,6 +147,8 @@ class TrainConfig:
             raise ConfigError("--epochs plus --epochs-decay must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"--max-minutes must be > 0, got {self.max_minutes}")
         for name in ["lambda_a", "lambda_b", "lambda_identity", "lambda_gp", "init_gain"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")

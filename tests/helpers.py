@@ -53,3 +53,37 @@ def tiny_config(data: Path, run_root: Path, **overrides: Any) -> TrainConfig:
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def chromium_dom(page: Path, profile: Path) -> str:
+    """The DOM of ``page`` after load, rendered by headless Chromium (skip/fail if absent)."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    browser = next(
+        (p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))),
+        None,
+    )
+    if browser is None:
+        msg = "chromium not installed (Debian: apt-get install chromium)"
+        if os.environ.get("CYCLEKIT_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + " (CYCLEKIT_REQUIRE_SHARED=1)")
+        pytest.skip(msg)
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout

@@ -226,6 +226,7 @@ def train(
     window_steps, window_start = 0, time.perf_counter()
     epoch_sums: dict[str, float] = {}
     done = step >= total_steps or (cfg.max_steps is not None and step >= cfg.max_steps)
+    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
     with StopFlag() as stop:
         while not done and epoch < cfg.total_epochs:
             sampler.set_epoch(epoch, epoch_step * cfg.batch_size)
@@ -280,9 +281,11 @@ def train(
                 # Under DDP the stop decision is shared (one all-reduce per log window), so
                 # every rank leaves the loop at the same step.
                 stopping = stop.requested
+                out_of_time = deadline is not None and time.monotonic() >= deadline
                 if dist_info.enabled:
+                    out_of_time = any_rank(out_of_time, dist_info, device) if log_now else False
                     stopping = any_rank(stopping, dist_info, device) if log_now else False
-                if stopping or (cfg.max_steps is not None and step >= cfg.max_steps):
+                if stopping or out_of_time or (cfg.max_steps is not None and step >= cfg.max_steps):
                     done = True
                     stop.requested = stop.requested or stopping
                     break
