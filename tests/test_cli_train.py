@@ -135,6 +135,20 @@ def test_user_errors_are_one_line_and_name_the_flag(tmp_path):
         assert "Traceback" not in r.output
 
 
+def test_uncropped_sizes_are_checked_up_front(tmp_path):
+    data = make_image_tree(tmp_path / "data", size=(48, 40))
+    from PIL import Image
+
+    Image.new("RGB", (20, 64)).save(data / "trainB" / "narrow.png")
+    base = ["train", "--data", str(data), "--checkpoints-dir", str(tmp_path / "ck")]
+    r = CliRunner().invoke(main, [*base, "--preprocess", "none"])
+    assert r.exit_code != 0 and "narrow.png: 20x64 is too small" in r.output
+    (data / "trainB" / "narrow.png").unlink()
+    Image.new("RGB", (64, 64)).save(data / "trainB" / "square.png")
+    r = CliRunner().invoke(main, [*base, "--preprocess", "none", "--batch-size", "2"])
+    assert r.exit_code != 0 and "needs images of one size" in r.output
+
+
 def test_unreadable_files_reported_and_empty_domain_rejected(tmp_path):
     data = make_image_tree(tmp_path / "data")
     (data / "trainA" / "broken.jpg").write_text("not a jpeg")

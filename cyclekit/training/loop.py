@@ -44,6 +44,7 @@ from cyclekit.training.cyclegan import (
 from cyclekit.training.samples import save_sample_grid
 from cyclekit.training.setup import (
     StopFlag,
+    check_uncropped_sizes,
     domain_dirs,
     merge_resumed_config,
     report_domain,
@@ -111,6 +112,8 @@ def train(
     # Data: scan both domains up front so bad folders fail before any model is built.
     dir_a, dir_b, test_a, test_b = domain_dirs(cfg)
     domain_a, domain_b = scan_domain("A", dir_a), scan_domain("B", dir_b)
+    for domain in (domain_a, domain_b):
+        check_uncropped_sizes(domain, cfg)
     if main:
         for domain in (domain_a, domain_b):
             report_domain(domain, cfg)

@@ -38,6 +38,33 @@ def domain_dirs(cfg: TrainConfig) -> tuple[Path, Path, Path | None, Path | None]
     return Path(cfg.data_a), Path(cfg.data_b), None, None
 
 
+def check_uncropped_sizes(domain: Domain, cfg: TrainConfig) -> None:
+    """Without a crop, image sizes reach the networks as they are: check them up front."""
+    if "crop" in cfg.preprocess:
+        return
+    from cyclekit.config import min_patch_side
+    from cyclekit.data.transforms import resized_size
+
+    sizes = {}
+    for path, (w, h) in zip(domain.files, domain.sizes, strict=True):
+        sizes.setdefault(resized_size(w, h, cfg.preprocess, cfg.load_size, cfg.crop_size), path)
+    if cfg.netD != "pixel":
+        need = min_patch_side(3 if cfg.netD == "basic" else cfg.n_layers_D)
+        for (w, h), path in sizes.items():
+            if min(w, h) < need:
+                raise ConfigError(
+                    f"{path}: {w}x{h} is too small for the PatchGAN discriminator (sides >= "
+                    f"{need}) with --preprocess {cfg.preprocess}; use a crop mode or bigger images"
+                )
+    if cfg.batch_size > 1 and len(sizes) > 1:
+        (s1, p1), (s2, p2) = list(sizes.items())[:2]
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} with --preprocess {cfg.preprocess} needs images of one "
+            f"size, but {p1} is {s1[0]}x{s1[1]} and {p2} is {s2[0]}x{s2[1]}; "
+            "use --batch-size 1 or a crop mode"
+        )
+
+
 def report_domain(domain: Domain, cfg: TrainConfig) -> None:
     if domain.bad:
         print(
