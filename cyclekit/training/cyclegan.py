@@ -67,9 +67,10 @@ def build_cyclegan(cfg: TrainConfig, device: torch.device, rank: int = 0) -> Cyc
         init_weights(nets[name], cfg.init_type, cfg.init_gain, generator=init_gen)
         nets[name].to(device).train()
     betas = (cfg.beta1, cfg.beta2)
-    # foreach Adam: one fused kernel launch per parameter group instead of one per tensor.
-    adam: Callable[..., torch.optim.Optimizer] = lambda params: torch.optim.Adam(  # noqa: E731
-        params, lr=cfg.lr, betas=betas, foreach=True
+    # Fused Adam on CUDA (one kernel for all tensors); multi-tensor "foreach" elsewhere.
+    fused = device.type == "cuda"
+    adam: Callable[..., torch.optim.Optimizer] = lambda params: torch.optim.Adam(
+        params, lr=cfg.lr, betas=betas, fused=fused, foreach=None if fused else True
     )
     return CycleGAN(
         G_ab=nets["G_ab"],
