@@ -125,6 +125,7 @@ def main() -> None:
     p.add_argument(
         "--precision", nargs="+", default=["fp32", "bf16"], help="cyclekit precisions to time"
     )
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd nets (bf16)")
     args = p.parse_args()
 
     device = resolve_device(args.device)
@@ -151,13 +152,25 @@ def main() -> None:
             m, real_a, real_b, cfg, ctx, scaler
         )
 
+    if args.compile:
+        prec = resolve_precision("bf16", device)
+        m = build_cyclegan(cfg, device)
+        for name in ("G_ab", "G_ba", "D_a", "D_b"):
+            setattr(m, name, torch.compile(getattr(m, name)))
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+        ctx = autocast(device, prec)
+        sides[f"cyclekit_{prec}_compiled"] = lambda: train_step(m, real_a, real_b, cfg, ctx, scaler)
+
     def call(name: str) -> None:
         fn = sides[name]
         fn(real_a, real_b) if name.startswith("official") else fn()  # type: ignore[operator]
 
+    compile_s: dict[str, float] = {}
     for name in sides:
-        for _ in range(args.warmup):
+        t0 = time.perf_counter()
+        for _ in range(max(args.warmup, 2 if name.endswith("compiled") else 0)):
             call(name)
+        compile_s[name] = round(time.perf_counter() - t0, 1)
     times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(args.rounds):
         for name in sides:
@@ -178,6 +191,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "seconds_per_iter": {k: round(min(v), 4) for k, v in times.items()},
+        "warmup_seconds": compile_s,
         "pairs_per_s": {k: round(args.batch_size / min(v), 3) for k, v in times.items()},
     }
     base = min(times["official_fp32"])
