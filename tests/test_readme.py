@@ -54,9 +54,9 @@ def _covered_elsewhere(cmd: str) -> str | None:
         assert cmd in datasets_commands(), f"{cmd}: not run by tests/test_datasets.py"
         return "tests/test_datasets.py"
     if cmd.startswith(("cyclekit translate", "cyclekit export")):
-        from tests.test_translate_readme import README_COMMANDS
+        from tests.test_translate_readme import COMMANDS
 
-        assert cmd in README_COMMANDS, f"{cmd}: not in tests/test_translate_readme.py"
+        assert cmd in COMMANDS, f"{cmd}: not in tests/test_translate_readme.py"
         return "tests/test_translate_readme.py"
     return None
 

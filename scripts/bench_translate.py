@@ -1,0 +1,137 @@
+"""Benchmark ``cyclekit translate`` end to end (JPEG in, JPEG out) and print JSON.
+
+    .venv/bin/python scripts/bench_translate.py            # all three measurements
+    .venv/bin/python scripts/bench_translate.py --no-big   # skip the 6000x4000 photo
+
+Measures images/s at 256x256 and 1024x1024 with the full-size generator (resnet_9blocks,
+ngf=64, random weights: speed does not depend on them) and the default options, and the
+peak memory (RSS) of translating one 6000x4000 photo in a fresh process. Uses photos from
+../shared/data/horse2zebra/testA when present, else synthetic ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT.parent / "shared" / "data" / "horse2zebra" / "testA"
+
+
+def _sources(n: int) -> list[Image.Image]:
+    files = sorted(PHOTOS.glob("*.jpg"))[:n] if PHOTOS.is_dir() else []
+    if files:
+        return [Image.open(f).convert("RGB") for f in files]
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (256, 256, 3), np.uint8)) for _ in range(n)]
+
+
+def _make_inputs(folder: Path, n: int, size: tuple[int, int]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    srcs = _sources(n)
+    for i in range(n):
+        img = srcs[i % len(srcs)].resize(size, Image.Resampling.BICUBIC)
+        img.save(folder / f"im{i:03d}.jpg", quality=92)
+    return folder
+
+
+def _make_generator(path: Path) -> Path:
+    import torch
+
+    from cyclekit.generator_io import save_generator
+    from cyclekit.models import build_generator, generator_spec
+
+    torch.manual_seed(0)
+    spec = generator_spec("resnet_9blocks", 3, 3, 64, "instance", False)
+    return save_generator(path, build_generator(**spec), spec, "a2b")
+
+
+def _images_per_second(gen: Path, inputs: Path, out: Path, **options) -> float:
+    from cyclekit.generator_io import load_generator
+    from cyclekit.translate import TranslateOptions, translate_paths
+
+    model, info = load_generator(gen)
+    warm = TranslateOptions(out / "warmup", progress=False, **options)
+    translate_paths([str(next(inputs.glob("*.jpg")))], model, info, warm)
+    start = time.perf_counter()
+    report = translate_paths(
+        [str(inputs)], model, info, TranslateOptions(out, progress=False, **options)
+    )
+    assert report.failed == 0, report.summary()
+    return report.done / (time.perf_counter() - start)
+
+
+def _big_child(gen: Path, work: Path) -> None:
+    """In a fresh process: translate one 6000x4000 JPEG, print peak RSS and time as JSON."""
+    from cyclekit.generator_io import load_generator
+    from cyclekit.translate import TranslateOptions, translate_paths
+
+    model, info = load_generator(gen)
+    start = time.perf_counter()
+    report = translate_paths(
+        [str(work / "big.jpg")], model, info, TranslateOptions(work / "big_out", progress=False)
+    )
+    assert report.done == 1, report.summary()
+    with Image.open(work / "big_out" / "big.jpg") as out:
+        assert out.size == (6000, 4000)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(
+        json.dumps(
+            {
+                "peak_rss_gb": round(peak_kib / 2**20, 3),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n256", type=int, default=48, help="images at 256x256")
+    parser.add_argument("--n1024", type=int, default=6, help="images at 1024x1024")
+    parser.add_argument("--no-big", action="store_true", help="skip the 6000x4000 photo")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time fp32, batch 1 (what the official test script does)",
+    )
+    parser.add_argument("--big-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.big_child:
+        return _big_child(args.big_child / "G.pt", args.big_child)
+    result: dict[str, object] = {"model": "resnet_9blocks ngf=64", "precision": "auto"}
+    with tempfile.TemporaryDirectory(prefix="cyclekit-bench-") as tmp:
+        work = Path(tmp)
+        gen = _make_generator(work / "G.pt")
+        small = _make_inputs(work / "in256", args.n256, (256, 256))
+        result["images_per_s_256"] = round(_images_per_second(gen, small, work / "o256"), 2)
+        if args.baseline:
+            ips = _images_per_second(gen, small, work / "b256", precision="fp32", batch_size=1)
+            result["images_per_s_256_fp32_batch1"] = round(ips, 2)
+        large = _make_inputs(work / "in1024", args.n1024, (1024, 1024))
+        result["images_per_s_1024"] = round(_images_per_second(gen, large, work / "o1024"), 3)
+        if not args.no_big:
+            _make_inputs(work, 1, (6000, 4000)).joinpath("im000.jpg").rename(work / "big.jpg")
+            child = subprocess.run(
+                [sys.executable, __file__, "--big-child", str(work)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            big = json.loads(child.stdout.strip().splitlines()[-1])
+            result["peak_rss_gb_6000x4000"] = big["peak_rss_gb"]
+            result["seconds_6000x4000"] = big["seconds"]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""--gallery: index.html shows every input beside its output, and renders in a real browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_translate_common import cli, make_generator, photo, save_photo
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    msg = "chromium not installed (Debian: apt-get install chromium)"
+    if os.environ.get("CYCLEKIT_REQUIRE_SHARED") == "1":
+        pytest.fail(msg + " (CYCLEKIT_REQUIRE_SHARED=1)")
+    pytest.skip(msg)
+
+
+def _make_gallery(tmp_path: Path) -> Path:
+    gen = make_generator(tmp_path / "g.pt")
+    inp = tmp_path / "my photos"  # a space: links must be URL-encoded
+    save_photo(inp / "a.jpg", 64, 48)
+    save_photo(inp / "sub" / "b & c.png", 40, 60)
+    rgba = np.dstack([photo(30, 30), np.full((30, 30), 100, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(inp / "cut.png")
+    (inp / "broken.jpg").write_text("nope")
+    r = cli(
+        "translate",
+        str(inp),
+        "-o",
+        str(tmp_path / "out"),
+        "--checkpoint",
+        str(gen),
+        "--gallery",
+        "--no-progress",
+    )
+    assert r.exit_code == 1  # broken.jpg
+    assert "gallery:" in r.output
+    return tmp_path / "out" / "index.html"
+
+
+def test_gallery_page_links_every_image(tmp_path: Path) -> None:
+    page = _make_gallery(tmp_path)
+    text = page.read_text()
+    assert text.count("<img ") == 6  # 3 inputs + 3 outputs
+    assert "broken.jpg" in text and "not an image" in text
+    for href in re.findall(r'href="([^"]+)"', text):
+        target = (page.parent / Path(href.replace("%20", " ").replace("%26", "&"))).resolve()
+        assert target.is_file(), href
+    assert "b%20%26%20c.png" in text
+
+
+def test_gallery_renders_in_headless_chromium(tmp_path: Path) -> None:
+    browser = _chromium()
+    page = _make_gallery(tmp_path)
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    # The page's own script counts images that loaded (complete and naturalWidth > 0).
+    assert 'data-images-loaded="6/6"' in dom, dom[:2000]
