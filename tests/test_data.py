@@ -41,6 +41,9 @@ def test_exif_orientation_is_applied(tmp_path):
     d = decode_image(path)
     assert d.size == (20, 40)  # upright: 20 wide, 40 high
     assert d.pixels[:20].mean() > 200 and d.pixels[20:].mean() < 50  # white half now on top
+    kept = Image.Exif()
+    kept.load(d.exif)
+    assert kept.get(0x0112, 1) == 1  # the returned EXIF no longer asks for a rotation
 
 
 def test_modes_become_rgb_or_gray(tmp_path):

@@ -85,8 +85,10 @@ def decode_image(
         with Image.open(path) as img:
             img.load()  # force the full decode here so truncation errors surface now
             icc = img.info.get("icc_profile")
-            exif = img.info.get("exif")
             img = ImageOps.exif_transpose(img)
+            # Read after the transpose: Pillow drops the Orientation tag from the rotated
+            # image's EXIF, so writing it back cannot make viewers rotate a second time.
+            exif = img.info.get("exif")
             alpha = None
             if img.mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
