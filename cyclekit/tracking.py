@@ -79,7 +79,8 @@ class WandbTracker:
             entity=entity,
             name=name,
             config=config,
-            dir=str(run_dir),
+            # Absolute: the wandb service process may run in another working directory.
+            dir=str(Path(run_dir).resolve()),
             mode=mode,
             tags=tags or None,
             id=run_id,
