@@ -2,5 +2,5 @@
 # Create ./.venv if missing, install cyclekit, run `cyclekit demo` (a few minutes on a CPU).
 # Usage: ./scripts/demo.sh [cyclekit demo options...]   e.g. ./scripts/demo.sh --minutes 1
 set -euo pipefail
-source "$(dirname "$0")/_env.sh"
+CYCLEKIT_EXTRAS="" source "$(dirname "$0")/_env.sh"
 exec .venv/bin/cyclekit demo "$@"
