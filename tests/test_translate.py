@@ -235,13 +235,16 @@ def test_interrupted_run_resumes_with_skip_existing(tmp_path: Path, gen: Path, m
     assert "--skip-existing" in r.output
     monkeypatch.setattr(Image.Image, "save", real_save)
     written = sorted(p.name for p in out.iterdir())
-    assert len(written) == 2 and not any(p.startswith(".") for p in written)
+    # The interrupted image is not there, not even half; images the writer thread had already
+    # taken on may have completed (2 or 3 files, depending on thread timing).
+    assert "im2.png" not in written and 2 <= len(written) <= 3
+    assert not any(p.startswith(".") for p in written)
     for name in written:
         Image.open(out / name).load()  # complete images only
     first = tree_hashes(out)
     r = _translate(inp, out, gen, "--skip-existing")
     assert r.exit_code == 0, r.output
-    assert "done 3, skipped 2, failed 0" in r.output
+    assert f"done {5 - len(written)}, skipped {len(written)}, failed 0" in r.output
     assert sorted(p.name for p in out.iterdir()) == [f"im{i}.png" for i in range(5)]
     assert {k: tree_hashes(out)[k] for k in first} == first  # skipped outputs untouched
 
