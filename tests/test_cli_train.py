@@ -149,6 +149,31 @@ def test_uncropped_sizes_are_checked_up_front(tmp_path):
     assert r.exit_code != 0 and "needs images of one size" in r.output
 
 
+def test_images_smaller_than_the_crop_are_upscaled_with_a_warning(tmp_path):
+    data = make_image_tree(tmp_path / "data", size=(48, 40))
+    from PIL import Image
+
+    Image.new("RGB", (20, 30)).save(data / "trainA" / "tiny.png")
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--preprocess",
+        "crop",
+        "--max-steps",
+        "1",
+        "--wandb-mode",
+        "disabled",
+        "--checkpoints-dir",
+        str(tmp_path / "ck"),
+        *TINY,
+    ]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "1 image(s) in domain A are smaller than --crop-size 32 and will be upscaled" in r.output
+    assert "tiny.png" in r.output
+
+
 def test_unreadable_files_reported_and_empty_domain_rejected(tmp_path):
     data = make_image_tree(tmp_path / "data")
     (data / "trainA" / "broken.jpg").write_text("not a jpeg")
