@@ -177,7 +177,14 @@ def translate(
     help="Generator file: a cyclekit last.pt / G_ab.pt, or an official .pth.",
 )
 @click.option("--direction", type=DIRECTION, help="a2b or b2a, for a training checkpoint.")
-@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript"]))
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["onnx", "torchscript", "official"]),
+    help="onnx / torchscript: run without cyclekit; official: a latest_net_G.pth-style "
+    "state_dict for the official CycleGAN code.",
+)
 @click.option(
     "-o",
     "--output",
@@ -197,6 +204,7 @@ def export(checkpoint: Path, direction: str | None, fmt: str, output: Path) -> N
       cyclekit export --checkpoint checkpoints/h2z/last.pt --direction a2b \\
           --format torchscript -o h2z.ts
       cyclekit export --checkpoint latest_net_G.pth --format onnx -o h2z.onnx
+      cyclekit export --checkpoint checkpoints/h2z/G_ab.pt --format official -o latest_net_G_A.pth
     """
     from cyclekit.export import ExportError, export_generator
     from cyclekit.translate import TranslateError, load_model

@@ -19,7 +19,7 @@ from torch import nn
 
 from cyclekit.models import side_multiple
 
-EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_FORMATS = ("onnx", "torchscript", "official")
 
 
 class ExportError(Exception):
@@ -54,9 +54,16 @@ def export_generator(
 ) -> Path:
     """Write ``model`` (eval mode) as ``fmt`` to ``dst`` atomically; returns ``dst``."""
     if fmt not in EXPORT_FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; choose onnx or torchscript")
+        raise ExportError(f"unknown export format {fmt!r}; choose {', '.join(EXPORT_FORMATS)}")
     dst = Path(dst)
     spec = info["spec"]
+    if fmt == "official":
+        # A bare state_dict, as the official code's latest_net_G.pth: its test.py loads it with
+        # --netG/--ngf/--norm/--no_dropout matching ``spec`` (our keys equal the official ones).
+        from cyclekit.checkpoint import atomic_save
+
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return atomic_save(state, dst)
     wrapped = AnySizeGenerator(model.eval().cpu(), side_multiple(spec["arch"])).eval()
     meta = {
         "cyclekit": json.dumps(

@@ -85,3 +85,37 @@ def test_export_bad_checkpoint_is_one_line(tmp_path: Path) -> None:
     )
     assert r.exit_code != 0 and "x.pt: file is empty" in r.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_official_format_round_trip(tmp_path: Path, official_fixtures: Path) -> None:
+    ckpt = make_train_checkpoint(tmp_path / "last.pt")
+    out = tmp_path / "latest_net_G_A.pth"
+    r = cli(
+        "export",
+        "--checkpoint",
+        str(ckpt),
+        "--direction",
+        "a2b",
+        "--format",
+        "official",
+        "-o",
+        str(out),
+    )
+    assert r.exit_code == 0, r.output
+    state = torch.load(out, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())  # a bare state_dict
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in state)
+    model, info = load_generator(out)
+    assert info["format"] == "official"
+    x = torch.rand(1, 3, 36, 44) * 2 - 1
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), _reference(ckpt, x, "a2b"), atol=0, rtol=0)
+    # An official file exported again is byte-for-byte the same weights.
+    again = tmp_path / "again.pth"
+    src = official_fixtures / "resnet6_ngf16_dropout.pth"
+    assert (
+        cli("export", "--checkpoint", str(src), "--format", "official", "-o", str(again)).exit_code
+        == 0
+    )
+    a, b = torch.load(src, weights_only=True), torch.load(again, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
