@@ -174,63 +174,67 @@ def train(
         for name in ("G_ab", "G_ba", "D_a", "D_b"):
             setattr(m, name, torch.compile(getattr(m, name)))
 
-    run_dir = cfg.run_dir
-    config = cfg.to_dict()
-    tracker = NullTracker()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp"):  # left by a save that was killed mid-write
-            stale.unlink(missing_ok=True)
-        write_yaml(run_dir / "config.yaml", config)
-        tracker = start_tracker(
-            cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, cfg.name, config, run_dir,
-            cfg.tags, wandb_id,
-        )  # fmt: skip
-    _log(
-        f"training {cfg.name}: {len(domain_a.files)} A / {len(domain_b.files)} B images, "
-        f"{steps_per_epoch} steps/epoch x {cfg.total_epochs} epochs, batch {cfg.batch_size}"
-        + (
-            f" per process x {world} processes = {cfg.batch_size * world} global"
-            if world > 1
-            else ""
-        )
-        + f", {device.type} {precision}; run folder {run_dir}",
-        main,
-    )
-
-    def save_last() -> None:
-        # Every rank takes part (the gather); rank 0 writes.
-        ranks = gather_objects(rank_state(m), dist_info)
-        if not main:
-            return
-        save_train_state(
-            run_dir / "last.pt", m, schedulers, scaler, config, specs, step, epoch,
-            epoch_step, tracker.run_id, ranks,
-        )  # fmt: skip
-        for name, direction in (("G_ab", "a2b"), ("G_ba", "b2a")):
-            meta = {"run": cfg.name, "step": step}
-            save_generator(
-                run_dir / f"{name}.pt", unwrap(getattr(m, name)), specs[name], direction, meta
-            )
-
-    sampled_at = [-1]
-
-    def write_samples() -> None:
-        if samples_a is None or samples_b is None or sampled_at[0] == step:
-            return
-        sampled_at[0] = step
-        n = min(len(samples_a), len(samples_b))
-        out = translate_samples(m, samples_a[:n].to(device), samples_b[:n].to(device), autocast)
-        path = save_sample_grid(out, run_dir / "samples" / f"step_{step:08d}.png")
-        tracker.log_images({"samples": path}, step)
-
-    result = TrainResult(run_dir=run_dir, step=step, epoch=epoch, world_size=world, is_main=main)
-    window: dict[str, torch.Tensor] = {}
-    window_steps, window_start = 0, time.perf_counter()
-    epoch_sums: dict[str, float] = {}
-    done = step >= total_steps or (cfg.max_steps is not None and step >= cfg.max_steps)
-    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
+    # Signals are caught from before the run folder exists: from then on a Ctrl-C or
+    # SIGTERM always ends in a saved last.pt.
     with StopFlag() as stop:
+        run_dir = cfg.run_dir
+        config = cfg.to_dict()
+        tracker = NullTracker()
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in run_dir.glob(".*.tmp"):  # left by a save that was killed mid-write
+                stale.unlink(missing_ok=True)
+            write_yaml(run_dir / "config.yaml", config)
+            tracker = start_tracker(
+                cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, cfg.name, config, run_dir,
+                cfg.tags, wandb_id,
+            )  # fmt: skip
+        _log(
+            f"training {cfg.name}: {len(domain_a.files)} A / {len(domain_b.files)} B images, "
+            f"{steps_per_epoch} steps/epoch x {cfg.total_epochs} epochs, batch {cfg.batch_size}"
+            + (
+                f" per process x {world} processes = {cfg.batch_size * world} global"
+                if world > 1
+                else ""
+            )
+            + f", {device.type} {precision}; run folder {run_dir}",
+            main,
+        )
+
+        def save_last() -> None:
+            # Every rank takes part (the gather); rank 0 writes.
+            ranks = gather_objects(rank_state(m), dist_info)
+            if not main:
+                return
+            save_train_state(
+                run_dir / "last.pt", m, schedulers, scaler, config, specs, step, epoch,
+                epoch_step, tracker.run_id, ranks,
+            )  # fmt: skip
+            for name, direction in (("G_ab", "a2b"), ("G_ba", "b2a")):
+                meta = {"run": cfg.name, "step": step}
+                save_generator(
+                    run_dir / f"{name}.pt", unwrap(getattr(m, name)), specs[name], direction, meta
+                )
+
+        sampled_at = [-1]
+
+        def write_samples() -> None:
+            if samples_a is None or samples_b is None or sampled_at[0] == step:
+                return
+            sampled_at[0] = step
+            n = min(len(samples_a), len(samples_b))
+            out = translate_samples(m, samples_a[:n].to(device), samples_b[:n].to(device), autocast)
+            path = save_sample_grid(out, run_dir / "samples" / f"step_{step:08d}.png")
+            tracker.log_images({"samples": path}, step)
+
+        result = TrainResult(
+            run_dir=run_dir, step=step, epoch=epoch, world_size=world, is_main=main
+        )
+        window: dict[str, torch.Tensor] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        epoch_sums: dict[str, float] = {}
+        done = step >= total_steps or (cfg.max_steps is not None and step >= cfg.max_steps)
+        deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
         while not done and epoch < cfg.total_epochs:
             sampler.set_epoch(epoch, epoch_step * cfg.batch_size)
             epoch_start = time.perf_counter()
