@@ -88,8 +88,9 @@ class WandbTracker:
         )
         self.run_id = self.run.id
         if mode == "offline":
+            # run.dir is <run folder>/wandb/offline-run-*/files; sync takes the folder above.
             print(
-                f"W&B is offline; upload later with: wandb sync {run_dir / 'wandb'}",
+                f"W&B is offline; upload later with: wandb sync {Path(self.run.dir).parent}",
                 file=sys.stderr,
             )
 

@@ -231,6 +231,7 @@ def test_wandb_offline_records_losses_lr_images_and_config(tmp_path):
     run_dir = tmp_path / "ck" / "wb"
     files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
+    assert f"upload later with: wandb sync {files[0].parent}" in r.output
     wait_until_complete(files[0])
     rows = history(files[0])
     assert [int(row["_step"]) for row in rows] == [2, 4]
