@@ -164,6 +164,12 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
 @opt("--wandb-entity", name="wandb_entity", help="W&B entity (user or team).")
 @click.option("--tag", "tags", multiple=True, help="W&B tag (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (epoch summaries only).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Start afresh even though CHECKPOINTS_DIR/NAME already holds a run (its files are "
+    "replaced as the new run saves).",
+)
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -171,6 +177,7 @@ def train(
     resume: str | None,
     tags: tuple[str, ...],
     no_progress: bool,
+    overwrite: bool,
     **flags: object,
 ) -> None:
     """Train a CycleGAN on two unpaired image folders.
@@ -204,7 +211,9 @@ def train(
     from cyclekit.training.loop import train as run_training
 
     try:
-        result = run_training(cfg, resume=resume, explicit=explicit, progress=not no_progress)
+        result = run_training(
+            cfg, resume=resume, explicit=explicit, progress=not no_progress, overwrite=overwrite
+        )
     except (C.ConfigError, CheckpointError, DataError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     where = result.run_dir
@@ -212,12 +221,16 @@ def train(
         raise click.ClickException("ranks ended with different weights; the run is not trustworthy")
     if not result.is_main:
         sys.exit(130 if result.interrupted else 0)
-    if result.interrupted:
+    if result.interrupted or not result.finished:
+        why = "interrupted" if result.interrupted else "limit reached (--max-steps/--max-minutes)"
         click.echo(
-            f"stopped at step {result.step}; continue with --resume auto ({where}/last.pt)",
+            f"stopped at step {result.step}, {why}; continue with --resume auto "
+            f"({where}/last.pt); generators so far in {where}/G_ab.pt and G_ba.pt",
             err=True,
         )
-        sys.exit(130)
+        if result.interrupted:
+            sys.exit(130)
+        return
     click.echo(
         f"done: step {result.step}; generators in {where}/G_ab.pt and {where}/G_ba.pt", err=True
     )

@@ -163,7 +163,7 @@ def run_demo(
 
     print(f"[2/3] training for up to {minutes:g} minutes", file=sys.stderr)
     cfg = train_config(dataset, out, preset, minutes, device, seed, wandb_mode, max_steps)
-    result = train(cfg, progress=progress)
+    result = train(cfg, progress=progress, overwrite=True)  # the demo always starts afresh
 
     print("[3/3] translating the test set", file=sys.stderr)
     translated = out / "translated"

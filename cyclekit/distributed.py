@@ -80,10 +80,13 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 
 def weights_fingerprint(modules: dict[str, nn.Module]) -> list[float]:
-    """One float64 sum per tensor: equal lists mean (practically) identical weights."""
+    """One float64 sum per parameter: equal lists mean (practically) identical weights.
+
+    Parameters only: batch-norm running statistics legitimately differ between ranks (each
+    updates them from its own batches; DDP re-broadcasts rank 0's at every forward).
+    """
     return [
-        float(t.detach().double().sum())
+        float(p.detach().double().sum())
         for name in sorted(modules)
-        for t in unwrap(modules[name]).state_dict().values()
-        if t.is_floating_point()
+        for p in unwrap(modules[name]).parameters()
     ]

@@ -129,7 +129,20 @@ def _drop_stale_instance_norm_keys(state: dict[str, torch.Tensor], model: nn.Mod
     }
 
 
+def _check_spec(spec: Any, source: str) -> None:
+    # A checkpoint is untrusted input: refuse odd values before allocating anything.
+    if not isinstance(spec, dict) or not isinstance(spec.get("arch"), str):
+        raise CheckpointError(f"{source}: generator spec is missing or malformed")
+    for key, top in (("ngf", 1024), ("input_nc", 4), ("output_nc", 4)):
+        value = spec.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+            raise CheckpointError(f"{source}: generator spec has a bad {key!r}: {value!r}")
+
+
 def _build(spec: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    _check_spec(spec, source)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: generator weights are missing or malformed")
     try:
         model = generator_from_spec(spec)
     except (TypeError, ValueError) as e:
@@ -155,6 +168,15 @@ def load_generator(
     obj = safe_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a generator checkpoint (holds a {type(obj).__name__})")
+    try:
+        return _load_any(obj, path, direction)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _load_any(
+    obj: dict[str, Any], path: Path, direction: str | None
+) -> tuple[nn.Module, dict[str, Any]]:
     fmt = obj.get("format")
     if fmt == GENERATOR_FORMAT:
         _check_version(obj, path)

@@ -147,6 +147,8 @@ def test_uncropped_sizes_are_checked_up_front(tmp_path):
     Image.new("RGB", (64, 64)).save(data / "trainB" / "square.png")
     r = CliRunner().invoke(main, [*base, "--preprocess", "none", "--batch-size", "2"])
     assert r.exit_code != 0 and "needs images of one size" in r.output
+    r = CliRunner().invoke(main, [*base, "--preprocess", "none", "--gan-mode", "wgangp"])
+    assert r.exit_code != 0 and "wgangp with --preprocess none needs images of one size" in r.output
 
 
 def test_images_smaller_than_the_crop_are_upscaled_with_a_warning(tmp_path):
@@ -199,7 +201,16 @@ def test_unreadable_files_reported_and_empty_domain_rejected(tmp_path):
     for f in (data / "trainB").iterdir():
         f.write_text("junk")
     r = CliRunner().invoke(
-        main, ["train", "--data", str(data), "--checkpoints-dir", str(tmp_path / "ck"), *TINY]
+        main,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--checkpoints-dir",
+            str(tmp_path / "ck"),
+            "--overwrite",
+            *TINY,
+        ],
     )
     assert r.exit_code == 1 and "domain B: no readable image" in r.output
 
@@ -309,3 +320,75 @@ def test_real_horse2zebra_photos_with_a_grayscale_zebra(tmp_path, horse2zebra):
     from PIL import Image
 
     assert Image.open(grid).size == (6 * 64 + 7 * 2, 64 + 2 * 2)
+
+
+def test_existing_run_is_not_overwritten_by_accident(tmp_path):
+    data = make_image_tree(tmp_path / "data")
+    base = [
+        "train",
+        "--data",
+        str(data),
+        "--name",
+        "keep",
+        "--checkpoints-dir",
+        str(tmp_path / "ck"),
+        "--max-steps",
+        "2",
+        "--wandb-mode",
+        "disabled",
+        *TINY,
+    ]
+    r = run(base)
+    assert r.exit_code == 0
+    # A step limit is not the end of the run: the message says how to go on.
+    assert "stopped at step 2, limit reached" in r.output and "--resume auto" in r.output
+    before = (tmp_path / "ck" / "keep" / "last.pt").read_bytes()
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code == 1 and "already holds a run" in r.output and "--overwrite" in r.output
+    assert (tmp_path / "ck" / "keep" / "last.pt").read_bytes() == before
+    assert run([*base, "--overwrite"]).exit_code == 0
+
+
+def test_resume_drops_the_step_limit_and_can_switch_data_source(tmp_path):
+    data = make_image_tree(tmp_path / "data")
+    ck = str(tmp_path / "ck")
+    first = [
+        "train",
+        "--data-a",
+        str(data / "trainA"),
+        "--data-b",
+        str(data / "trainB"),
+        "--name",
+        "lim",
+        "--checkpoints-dir",
+        ck,
+        "--max-steps",
+        "2",
+        "--epochs",
+        "1",
+        "--epochs-decay",
+        "1",
+        "--wandb-mode",
+        "disabled",
+        *TINY,
+    ]
+    assert run(first).exit_code == 0
+    # --max-steps belonged to the first invocation; --data replaces --data-a/--data-b.
+    r = run(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--name",
+            "lim",
+            "--checkpoints-dir",
+            ck,
+            "--resume",
+            "auto",
+            "--no-progress",
+            "--num-workers",
+            "0",
+        ]
+    )
+    assert r.exit_code == 0, r.output
+    assert "done: step 10" in r.output  # 5 steps x (1 + 1) epochs: ran to the end

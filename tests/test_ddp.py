@@ -83,17 +83,26 @@ def test_two_gloo_processes_train_in_sync_and_checkpoints_cross_over(tmp_path):
     data = make_image_tree(tmp_path / "data", n_a=5, n_b=6)
     ck = tmp_path / "ck"
     log = _train(data, ck, 2, "--max-steps", "4", "--batch-size", "1")
-    assert "batch 1 per process x 2 processes = 2 global" in log
+    assert "batch 1 per process x 2 processes = 2 global" in log, log
     assert "3 steps/epoch" in log  # 6 samples shared by 2 ranks
-    assert "weights identical on all 2 ranks: yes" in log
-    assert log.count("done: step 4") == 1  # rank 0 alone reports and writes
+    assert "weights identical on all 2 ranks: yes" in log, log
+    assert log.count("stopped at step 4") == 1, log  # rank 0 alone reports and writes
     state = safe_load(ck / "ddp" / "last.pt")
     assert state["step"] == 4 and len(state["rank_states"]) == 2
     assert not any(k.startswith("module.") for k in state["models"]["G_ab"])
     # DDP checkpoint -> single process ...
     log = _train(data, ck, 1, "--resume", "auto", "--max-steps", "5")
-    assert "resuming" in log and safe_load(ck / "ddp" / "last.pt")["step"] == 5
+    assert "resuming" in log and safe_load(ck / "ddp" / "last.pt")["step"] == 5, log
     # ... and back: a single-process checkpoint resumes under DDP.
     log = _train(data, ck, 2, "--resume", "auto", "--max-steps", "6")
-    assert "resuming" in log and "weights identical on all 2 ranks: yes" in log
+    assert "resuming" in log and "weights identical on all 2 ranks: yes" in log, log
     assert safe_load(ck / "ddp" / "last.pt")["step"] == 6
+
+
+def test_batch_norm_runs_are_in_sync_too(tmp_path):
+    # Running statistics differ per rank by design; the parameters must not.
+    data = make_image_tree(tmp_path / "data", n_a=4, n_b=4)
+    log = _train(
+        data, tmp_path / "ck", 2, "--max-steps", "2", "--norm", "batch", "--batch-size", "2"
+    )
+    assert "weights identical on all 2 ranks: yes" in log, log

@@ -113,3 +113,23 @@ def test_architecture_is_read_off_state_dict_keys(arch, norm, dropout):
     if arch.startswith("unet"):
         spec["use_dropout"] = False  # U-Net dropout holds no weights; irrelevant for inference
     assert got == spec
+
+
+def test_malformed_generator_files_are_one_line_errors(tmp_path):
+    from cyclekit.checkpoint import CheckpointError
+    from cyclekit.generator_io import save_generator
+
+    g = build_generator("resnet_6blocks", ngf=4)
+    spec = generator_spec("resnet_6blocks", 3, 3, 4, "instance", False)
+    good = save_generator(tmp_path / "g.pt", g, spec, "a2b")
+    payload = torch.load(good, weights_only=True)
+    cases = {
+        "noarch.pt": {**payload, "spec": {k: v for k, v in spec.items() if k != "arch"}},
+        "huge.pt": {**payload, "spec": {**spec, "ngf": 10**6}},
+        "nospecs.pt": {"format": "cyclekit-train", "format_version": 1, "models": {}},
+    }
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(CheckpointError) as e:
+            load_generator(tmp_path / name, "a2b")
+        assert str(e.value).startswith(str(tmp_path / name)) and "\n" not in str(e.value)

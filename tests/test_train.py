@@ -176,8 +176,11 @@ def test_run_folder_contents_and_exported_generators(tmp_path):
         p.name for p in run.iterdir()
     }
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
-        "step_00000003.png", "step_00000006.png", "step_00000009.png", "step_00000010.png"
-    ]  # fmt: skip
+        "step_00000003.png",
+        "step_00000006.png",
+        "step_00000009.png",
+        "step_00000010.png",
+    ]
     assert res.history[-1]["lr/G"] == 0.0  # the decay reaches 0 at the end
     state = safe_load(run / "last.pt")
     for key in ("models", "optimizers", "schedulers", "pools", "rng", "step", "epoch", "config"):
@@ -215,3 +218,24 @@ def test_truncated_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     )
     with pytest.raises(CheckpointError, match="evil.pt"):
         safe_load(evil)  # weights_only refuses arbitrary Python objects
+
+
+def test_schedule_follows_epochs_when_steps_per_epoch_change_on_resume(tmp_path):
+    # One epoch on 5 images (5 steps), then the run resumes on 10 images (10 steps/epoch):
+    # the second, decay, epoch must still end at lr 0 (a step-count schedule would not).
+    small = make_image_tree(tmp_path / "small", n_a=5, n_b=5)
+    big = make_image_tree(tmp_path / "big", n_a=10, n_b=10, seed=1)
+    cfg = tiny_config(small, tmp_path / "ck", epochs=1, epochs_decay=1, max_steps=5)
+    first = train(cfg, progress=False)
+    assert first.epoch == 1 and first.history[-1]["lr/G"] == pytest.approx(2e-4)
+    from dataclasses import replace
+
+    resumed = train(
+        replace(cfg, data=str(big), max_steps=None),
+        resume="auto",
+        explicit={"data", "max_steps"},
+        progress=False,
+    )
+    assert resumed.step == 15 and resumed.finished
+    lrs = [h["lr/G"] for h in resumed.history]
+    assert lrs[-1] == 0.0 and lrs[4] == pytest.approx(1e-4)  # halfway through the decay

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from cyclekit.checkpoint import atomic_save
-from cyclekit.config import TrainConfig
+from cyclekit.config import ConfigError, TrainConfig
 from cyclekit.data.images import list_images
 from cyclekit.data.unpaired import EpochSampler, UnpairedDataset, scan_domain
 from cyclekit.devices import autocast as make_autocast
@@ -71,6 +71,13 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     world_size: int = 1
     is_main: bool = True  # rank 0 (the only rank without torch.distributed)
+    total_epochs: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Ran to the end of the schedule (not stopped by a signal or a step/time limit)."""
+        return self.epoch >= self.total_epochs
+
     ranks_in_sync: bool | None = None  # DDP: were the weights identical on every rank at the end
 
 
@@ -84,6 +91,20 @@ def lr_factor(step: int, total_steps: int, decay_steps: int) -> float:
     return max(0.0, min(1.0, (total_steps - step) / decay_steps))
 
 
+def set_lr(cfg: TrainConfig, optimizers: list, epoch: int, epoch_step: int, spe: int) -> float:
+    """Learning rate for the step at (epoch, epoch_step), from the position in the schedule.
+
+    Computed from epochs, not from a step counter, so a run resumed with another number of
+    steps per epoch (other processes count, another dataset size) keeps its schedule.
+    """
+    pos = epoch * spe + epoch_step
+    lr = cfg.lr * lr_factor(pos, cfg.total_epochs * spe, cfg.epochs_decay * spe)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+    return lr
+
+
 def _log(msg: str, main: bool) -> None:
     if main:
         print(msg, file=sys.stderr, flush=True)
@@ -94,10 +115,21 @@ def train(
     resume: str | None = None,
     explicit: set[str] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Train (or continue) a CycleGAN run in ``cfg.run_dir``. See ``cyclekit train --help``."""
+    """Train (or continue) a CycleGAN run in ``cfg.run_dir``. See ``cyclekit train --help``.
+
+    Without ``resume``, a run folder that already holds a ``last.pt`` is refused unless
+    ``overwrite``: forgetting ``--resume auto`` must not wipe out a long run.
+    """
     from tqdm import tqdm
 
+    existing = cfg.run_dir / "last.pt"
+    if resume is None and existing.exists() and not overwrite:
+        raise ConfigError(
+            f"{existing} already holds a run; continue it with --resume auto, pick another "
+            "--name, or pass --overwrite to start afresh"
+        )
     resume_path = resolve_resume(cfg, resume)
     state = load_train_state(resume_path) if resume_path else None
     if state is not None:
@@ -139,8 +171,6 @@ def train(
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     steps_per_epoch = math.ceil(sampler.per_rank / cfg.batch_size)
-    total_steps = cfg.total_epochs * steps_per_epoch
-    decay_steps = cfg.epochs_decay * steps_per_epoch
     files_a = list_images(test_a) if test_a else domain_a.files
     files_b = list_images(test_b) if test_b else domain_b.files
     samples_a = sample_batch(files_a, cfg.input_nc, cfg) if main else None
@@ -150,18 +180,16 @@ def train(
     torch.manual_seed(cfg.seed + dist_info.rank)
     m = build_cyclegan(cfg, device, dist_info.rank)
     specs = generator_specs(cfg)
-    schedulers = {
-        name: torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, total_steps, decay_steps)
-        )
-        for name, opt in (("G", m.opt_G), ("D", m.opt_D))
-    }
+    optimizers = [m.opt_G, m.opt_D]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = epoch = epoch_step = 0
     wandb_id = None
     if state is not None:
-        restore_train_state(state, m, schedulers, scaler, device, dist_info.rank, world)
+        restore_train_state(state, m, scaler, device, dist_info.rank, world)
         step, epoch, epoch_step = state["step"], state["epoch"], state["epoch_step"]
+        saved_spe = state["schedulers"].get("steps_per_epoch", steps_per_epoch)
+        if saved_spe != steps_per_epoch:  # other world size or dataset: same epoch fraction
+            epoch_step = min(steps_per_epoch - 1, round(epoch_step * steps_per_epoch / saved_spe))
         wandb_id = state.get("wandb_run_id")
         _log(f"resuming {resume_path} at step {step} (epoch {epoch + 1})", main)
         del state
@@ -173,6 +201,11 @@ def train(
     if cfg.compile:
         for name in ("G_ab", "G_ba", "D_a", "D_b"):
             setattr(m, name, torch.compile(getattr(m, name)))
+
+    set_lr(cfg, optimizers, epoch, epoch_step, steps_per_epoch)
+
+    def schedule_state() -> dict[str, float]:
+        return {"steps_per_epoch": steps_per_epoch, "lr": m.opt_G.param_groups[0]["lr"]}
 
     # Signals are caught from before the run folder exists: from then on a Ctrl-C or
     # SIGTERM always ends in a saved last.pt.
@@ -207,7 +240,7 @@ def train(
             if not main:
                 return
             save_train_state(
-                run_dir / "last.pt", m, schedulers, scaler, config, specs, step, epoch,
+                run_dir / "last.pt", m, schedule_state(), scaler, config, specs, step, epoch,
                 epoch_step, tracker.run_id, ranks,
             )  # fmt: skip
             for name, direction in (("G_ab", "a2b"), ("G_ba", "b2a")):
@@ -228,12 +261,17 @@ def train(
             tracker.log_images({"samples": path}, step)
 
         result = TrainResult(
-            run_dir=run_dir, step=step, epoch=epoch, world_size=world, is_main=main
+            run_dir=run_dir,
+            step=step,
+            epoch=epoch,
+            world_size=world,
+            is_main=main,
+            total_epochs=cfg.total_epochs,
         )
         window: dict[str, torch.Tensor] = {}
         window_steps, window_start = 0, time.perf_counter()
         epoch_sums: dict[str, float] = {}
-        done = step >= total_steps or (cfg.max_steps is not None and step >= cfg.max_steps)
+        done = epoch >= cfg.total_epochs or (cfg.max_steps is not None and step >= cfg.max_steps)
         deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
         while not done and epoch < cfg.total_epochs:
             sampler.set_epoch(epoch, epoch_step * cfg.batch_size)
@@ -252,10 +290,9 @@ def train(
                 real_a = batch["a"].to(device, non_blocking=True)
                 real_b = batch["b"].to(device, non_blocking=True)
                 losses = train_step(m, real_a, real_b, cfg, autocast, scaler)
-                for s in schedulers.values():
-                    s.step()
                 step += 1
                 epoch_step += 1
+                set_lr(cfg, optimizers, epoch, epoch_step, steps_per_epoch)  # for the next step
                 window_steps += 1
                 for k, v in losses.items():
                     window[k] = window.get(k, 0) + v  # stays on the device: no sync
@@ -290,8 +327,11 @@ def train(
                 stopping = stop.requested
                 out_of_time = deadline is not None and time.monotonic() >= deadline
                 if dist_info.enabled:
-                    out_of_time = any_rank(out_of_time, dist_info, device) if log_now else False
-                    stopping = any_rank(stopping, dist_info, device) if log_now else False
+                    # Shared decisions, polled every few steps (cheap, and quick enough for a
+                    # scheduler's SIGTERM grace period).
+                    poll = step % min(cfg.log_every, 10) == 0 or log_now
+                    out_of_time = any_rank(out_of_time, dist_info, device) if poll else False
+                    stopping = any_rank(stopping, dist_info, device) if poll else False
                 if stopping or out_of_time or (cfg.max_steps is not None and step >= cfg.max_steps):
                     done = True
                     stop.requested = stop.requested or stopping

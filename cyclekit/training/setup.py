@@ -56,6 +56,11 @@ def check_uncropped_sizes(domain: Domain, cfg: TrainConfig) -> None:
                     f"{path}: {w}x{h} is too small for the PatchGAN discriminator (sides >= "
                     f"{need}) with --preprocess {cfg.preprocess}; use a crop mode or bigger images"
                 )
+    if cfg.gan_mode == "wgangp" and len(sizes) > 1:
+        raise ConfigError(
+            f"--gan-mode wgangp with --preprocess {cfg.preprocess} needs images of one size "
+            "(the gradient penalty mixes real and pooled fake images); use a crop mode"
+        )
     if cfg.batch_size > 1 and len(sizes) > 1:
         (s1, p1), (s2, p2) = list(sizes.items())[:2]
         raise ConfigError(
@@ -89,6 +94,8 @@ def report_domain(domain: Domain, cfg: TrainConfig) -> None:
 
 
 def sample_batch(paths: list[Path], channels: int, cfg: TrainConfig) -> torch.Tensor | None:
+    if cfg.n_samples == 0:
+        return None
     from cyclekit.data.transforms import eval_transform
 
     side = cfg.crop_size if cfg.preprocess != "none" else 256
@@ -124,7 +131,11 @@ def merge_resumed_config(
     ``explicit``: names of settings the user gave (None: all of ``cfg``).
     """
     current = cfg.to_dict()
-    names = set(current) if explicit is None else explicit
+    names = set(current) if explicit is None else set(explicit)
+    # Limits belong to one invocation: a run stopped by --max-steps resumes without it.
+    names |= {"max_steps", "max_minutes"}
+    if names & {"data", "data_a", "data_b"}:  # the data source is replaced as a whole
+        names |= {"data", "data_a", "data_b"}
     merged = dict(saved)
     conflicts = []
     for name in sorted(names):

@@ -31,7 +31,8 @@ def rng_state() -> dict[str, Any]:
         "python": [version, list(py_state), gauss],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This process's device only: a resume may see fewer GPUs than the saving run did.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -43,7 +44,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, py_state, gauss = state["python"]
     random.setstate((version, tuple(py_state), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -74,7 +75,7 @@ def rank_state(m: CycleGAN) -> dict[str, Any]:
 def save_train_state(
     path: Path,
     m: CycleGAN,
-    schedulers: dict[str, Any],
+    schedule: dict[str, Any],
     scaler: torch.amp.GradScaler,
     config: dict,
     specs: dict,
@@ -92,7 +93,7 @@ def save_train_state(
     rank_states = rank_states or [rank_state(m)]
     payload |= {
         "optimizers": {"G": m.opt_G.state_dict(), "D": m.opt_D.state_dict()},
-        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+        "schedulers": dict(schedule),  # the LR is a function of (epoch, epoch_step)
         "scaler": scaler.state_dict(),
         # Rank 0's pools and RNGs at the top level (what a single process resumes from);
         # under torch.distributed every rank's, so the same world size resumes exactly.
@@ -114,6 +115,8 @@ def load_train_state(path: Path) -> dict[str, Any]:
     version = state.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {version!r} is newer than this cyclekit")
+    if not {"models", "config", "specs"} <= set(state):
+        raise CheckpointError(f"{path}: training checkpoint is incomplete (no models/config)")
     missing = {"optimizers", "schedulers", "pools", "rng", "step"} - set(state)
     if missing:
         raise CheckpointError(
@@ -126,7 +129,6 @@ def load_train_state(path: Path) -> dict[str, Any]:
 def restore_train_state(
     state: dict[str, Any],
     m: CycleGAN,
-    schedulers: dict[str, Any],
     scaler: torch.amp.GradScaler,
     device: torch.device,
     rank: int = 0,
@@ -148,9 +150,8 @@ def restore_train_state(
         net.load_state_dict(state["models"][name])
     m.opt_G.load_state_dict(state["optimizers"]["G"])
     m.opt_D.load_state_dict(state["optimizers"]["D"])
-    for k, s in schedulers.items():
-        s.load_state_dict(state["schedulers"][k])
-    scaler.load_state_dict(state["scaler"])
+    if state["scaler"] and scaler.is_enabled():  # a disabled (fp32/bf16) scaler saved {}
+        scaler.load_state_dict(state["scaler"])
     if mine is not None:
         m.pool_a.load_state_dict(mine["pools"]["a"], device)
         m.pool_b.load_state_dict(mine["pools"]["b"], device)
