@@ -93,6 +93,11 @@ def _real(path: Path) -> str:
     return os.path.normcase(os.path.realpath(path))
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def _expand(arg: str, out_real: str) -> tuple[list[tuple[Path, Path]], str | None]:
     """(source, path relative to the output folder) pairs for one INPUT argument, or a reason."""
     path = Path(arg)
@@ -161,8 +166,12 @@ def plan_jobs(
                 continue
             seen.add(_real(src))
             jobs.append(Job(src, output_dir / _output_name(src, rel, fmt, taken)))
+    inputs_by_id = {_file_id(job.src) for job in jobs}
     for job in jobs:
-        if _real(job.dst) in seen:
+        # Names alone miss case-insensitive file systems (macOS, Windows): IMG_1.jpg written
+        # beside IMG_1.JPG is the same file there. An existing target is checked by identity.
+        clash = _real(job.dst) in seen or (job.dst.exists() and _file_id(job.dst) in inputs_by_id)
+        if clash:
             raise TranslateError(
                 f"{output_dir}: writing {job.dst} would overwrite an input image; "
                 "choose an output folder that holds no inputs"

@@ -184,6 +184,19 @@ def test_never_overwrites_an_input(tmp_path: Path, gen: Path) -> None:
     assert {k: v for k, v in tree_hashes(inp).items() if not k.startswith("out")} == before
 
 
+def test_an_output_that_is_the_same_file_as_an_input_is_refused(tmp_path: Path, gen: Path) -> None:
+    # On case-insensitive file systems (macOS, Windows) IMG.jpg and IMG.JPG are one file, so a
+    # name comparison is not enough. A hard link gives the same situation on any system.
+    inp, out = tmp_path / "in", tmp_path / "out"
+    save_photo(inp / "IMG.png", 16, 16)
+    out.mkdir()
+    os.link(inp / "IMG.png", out / "IMG.jpg")
+    before = tree_hashes(inp)
+    r = _translate(inp, out, gen, "--format", "jpg")
+    assert r.exit_code != 0 and "would overwrite an input" in r.output, r.output
+    assert tree_hashes(inp) == before
+
+
 def test_resize_options(tmp_path: Path, gen: Path) -> None:
     rgba = np.dstack([photo(300, 200), np.full((200, 300), 128, np.uint8)])
     (tmp_path / "in").mkdir()
