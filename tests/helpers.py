@@ -10,6 +10,12 @@ from PIL import Image
 
 from cyclekit.config import TrainConfig
 
+# CLI flags for a tiny, fast model on CPU (~30 ms a step); tests add data, names and limits.
+TINY_TRAIN_FLAGS = [
+    "--ngf", "8", "--ndf", "8", "--netG", "resnet_6blocks", "--load-size", "36",
+    "--crop-size", "32", "--num-workers", "0", "--no-progress", "--device", "cpu",
+]  # fmt: skip
+
 
 def make_image_tree(
     root: Path, n_a: int = 5, n_b: int = 4, size: tuple[int, int] = (48, 40), seed: int = 0

@@ -12,26 +12,10 @@ from click.testing import CliRunner
 
 from cyclekit.checkpoint import safe_load
 from cyclekit.cli import main
-from tests.helpers import make_image_tree
+from tests.helpers import TINY_TRAIN_FLAGS, make_image_tree
 from tests.wandb_reader import config_keys, history, wait_until_complete
 
-TINY = [
-    "--ngf",
-    "8",
-    "--ndf",
-    "8",
-    "--netG",
-    "resnet_6blocks",
-    "--load-size",
-    "36",
-    "--crop-size",
-    "32",
-    "--num-workers",
-    "0",
-    "--no-progress",
-    "--device",
-    "cpu",
-]
+TINY = TINY_TRAIN_FLAGS
 
 
 def run(args, **kw):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cyclekit.checkpoint import safe_load
-from tests.helpers import make_image_tree
+from tests.helpers import TINY_TRAIN_FLAGS, make_image_tree
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -33,21 +33,7 @@ def _train(data, ck, nproc: int, *extra: str) -> str:
         "ddp",
         "--checkpoints-dir",
         str(ck),
-        "--ngf",
-        "8",
-        "--ndf",
-        "8",
-        "--netG",
-        "resnet_6blocks",
-        "--load-size",
-        "36",
-        "--crop-size",
-        "32",
-        "--num-workers",
-        "0",
-        "--no-progress",
-        "--device",
-        "cpu",
+        *TINY_TRAIN_FLAGS,
         "--wandb-mode",
         "disabled",
         "--dropout",

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
+from tests.helpers import chromium_dom
 from tests.test_translate_common import cli, make_generator, photo, save_photo
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    msg = "chromium not installed (Debian: apt-get install chromium)"
-    if os.environ.get("CYCLEKIT_REQUIRE_SHARED") == "1":
-        pytest.fail(msg + " (CYCLEKIT_REQUIRE_SHARED=1)")
-    pytest.skip(msg)
 
 
 def _make_gallery(tmp_path: Path) -> Path:
@@ -60,22 +47,7 @@ def test_gallery_page_links_every_image(tmp_path: Path) -> None:
 
 
 def test_gallery_renders_in_headless_chromium(tmp_path: Path) -> None:
-    browser = _chromium()
     page = _make_gallery(tmp_path)
-    cmd = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        page.as_uri(),
-    ]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    dom = chromium_dom(page, tmp_path / "profile")
     # The page's own script counts images that loaded (complete and naturalWidth > 0).
     assert 'data-images-loaded="6/6"' in dom, dom[:2000]
