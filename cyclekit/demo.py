@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from cyclekit.config import TrainConfig
+from cyclekit.training.config import TrainConfig
 
 # name -> (image size, images per train domain, test images, ngf/ndf, batch size)
 PRESETS: dict[str, tuple[int, int, int, int, int]] = {
@@ -39,7 +39,7 @@ class DemoResult:
 
 def _dataset(task: str, root: Path, size: int, n_train: int, n_test: int, seed: int) -> Path:
     """Reuse the synthetic dataset if it was made with these settings, else (re)make it."""
-    from cyclekit.synth import make_synthetic
+    from cyclekit.data.synth import make_synthetic
 
     target = root / task
     meta_file = target / "synth.json"
@@ -148,9 +148,9 @@ def run_demo(
 ) -> DemoResult:
     """Make the data, train, translate the test set, score it and write the gallery."""
     from cyclekit.data.images import decode_image, list_images
-    from cyclekit.synth import SYNTH_TASKS, psnr
+    from cyclekit.data.synth import SYNTH_TASKS, psnr
     from cyclekit.training.loop import train
-    from cyclekit.translate import TranslateOptions, load_model, translate_paths
+    from cyclekit.translate.engine import TranslateOptions, load_model, translate_paths
 
     if task not in SYNTH_TASKS:
         raise ValueError(f"unknown demo task {task!r}; choose one of {', '.join(SYNTH_TASKS)}")

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from cyclekit.errors import UsageError
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -23,18 +25,18 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible to PyTorch")
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible to PyTorch")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was asked for but MPS is not available on this machine")
+        raise UsageError("--device mps was asked for but MPS is not available on this machine")
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported --device {name!r}; choose one of {', '.join(DEVICES)}")
+        raise UsageError(f"unsupported --device {name!r}; choose one of {', '.join(DEVICES)}")
     return device
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> bf16 where autocast supports it fast (CUDA with bf16, CPU), else fp32."""
     if name not in PRECISIONS:
-        raise ValueError(f"unknown --precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+        raise UsageError(f"unknown --precision {name!r}; choose one of {', '.join(PRECISIONS)}")
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -42,7 +44,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
             return "bf16"
         return "fp32"
     if name == "fp16" and device.type == "cpu":
-        raise ValueError("--precision fp16 is not supported on CPU; use bf16 or fp32")
+        raise UsageError("--precision fp16 is not supported on CPU; use bf16 or fp32")
     return name
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cyclekit.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
+from cyclekit.files import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
 from cyclekit.models import generator_from_spec
 
 GENERATOR_FORMAT = "cyclekit-generator"

@@ -57,7 +57,7 @@ def _make_generator(path: Path) -> Path:
 
 def _images_per_second(gen: Path, inputs: Path, out: Path, **options) -> float:
     from cyclekit.generator_io import load_generator
-    from cyclekit.translate import TranslateOptions, translate_paths
+    from cyclekit.translate.engine import TranslateOptions, translate_paths
 
     model, info = load_generator(gen)
     warm = TranslateOptions(out / "warmup", progress=False, **options)
@@ -73,7 +73,7 @@ def _images_per_second(gen: Path, inputs: Path, out: Path, **options) -> float:
 def _big_child(gen: Path, work: Path) -> None:
     """In a fresh process: translate one 6000x4000 JPEG, print peak RSS and time as JSON."""
     from cyclekit.generator_io import load_generator
-    from cyclekit.translate import TranslateOptions, translate_paths
+    from cyclekit.translate.engine import TranslateOptions, translate_paths
 
     model, info = load_generator(gen)
     start = time.perf_counter()

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cyclekit.config import TrainConfig
+from cyclekit.training.config import TrainConfig
 from cyclekit.training.loop import train
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if data is None:
-            from cyclekit.synth import make_synthetic
+            from cyclekit.data.synth import make_synthetic
 
             data = str(make_synthetic("day2night", Path(tmp), 200, 4, args.size, seed=0))
         out: dict[str, object] = {

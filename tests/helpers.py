@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cyclekit.config import TrainConfig
+from cyclekit.training.config import TrainConfig
 
 # CLI flags for a tiny, fast model on CPU (~30 ms a step); tests add data, names and limits.
 TINY_TRAIN_FLAGS = [

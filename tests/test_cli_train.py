@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from cyclekit.checkpoint import safe_load
+from cyclekit.files import safe_load
 from cyclekit.cli import main
 from tests.helpers import TINY_TRAIN_FLAGS, make_image_tree
 from tests.wandb_reader import config_keys, history, wait_until_complete
@@ -24,7 +24,7 @@ def run(args, **kw):
 
 def test_importing_the_cli_is_light():
     code = (
-        "import sys, cyclekit, cyclekit.cli, cyclekit.cli_train;"
+        "import sys, cyclekit, cyclekit.cli, cyclekit.cli.train;"
         "bad = [m for m in ('wandb', 'albumentations', 'torch') if m in sys.modules];"
         "print(','.join(bad))"
     )

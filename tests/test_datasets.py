@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cyclekit.cli import main
-from cyclekit.datasets import (
+from cyclekit.data.official import (
     OFFICIAL,
     URL_ENV,
     DatasetError,
@@ -311,7 +311,7 @@ def test_importing_the_command_is_light():
     import sys
 
     code = (
-        "import sys, cyclekit.cli_datasets;"
+        "import sys, cyclekit.cli.datasets;"
         "print(','.join(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from cyclekit.checkpoint import safe_load
+from cyclekit.files import safe_load
 from tests.helpers import TINY_TRAIN_FLAGS, make_image_tree
 
 pytestmark = pytest.mark.skipif(

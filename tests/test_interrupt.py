@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from cyclekit.checkpoint import atomic_save, safe_load
+from cyclekit.files import atomic_save, safe_load
 from tests.helpers import make_image_tree
 
 

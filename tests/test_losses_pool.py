@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from cyclekit.image_pool import ImagePool
-from cyclekit.losses import discriminator_adv_loss, generator_adv_loss, gradient_penalty
+from cyclekit.training.image_pool import ImagePool
+from cyclekit.training.losses import discriminator_adv_loss, generator_adv_loss, gradient_penalty
 
 
 def test_lsgan_and_vanilla_values():

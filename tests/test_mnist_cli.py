@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cyclekit.cli import main
-from cyclekit.data.mnist import write_idx_gz
+from cyclekit.mnist.data import write_idx_gz
 
 # The MNIST section of README.md, in order. They run as written, in a folder whose
 # datasets/mnist holds 100 + 50 synthetic digits, so each epoch is a single step.
@@ -132,7 +132,7 @@ def test_help_teaches_and_cli_import_is_light() -> None:
     assert "lecture recipe" in invoke("gan train --help")
     assert "Fréchet" in invoke("gan eval --help")
     code = (
-        "import sys, cyclekit.cli, cyclekit.cli_mnist; "
+        "import sys, cyclekit.cli, cyclekit.cli.mnist; "
         "assert not {'wandb', 'albumentations', 'torch'} & set(sys.modules), sys.modules.keys()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

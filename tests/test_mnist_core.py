@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cyclekit.data.mnist import (
+from cyclekit.mnist.data import (
     MnistDataError,
     load_mnist,
     read_idx_gz,
@@ -18,9 +18,9 @@ from cyclekit.data.mnist import (
     to_tensor,
     write_idx_gz,
 )
-from cyclekit.mnist_eval import class_coverage, frechet_distance
-from cyclekit.models.mnist import MNIST_MODELS, model_from_spec, model_spec
-from cyclekit.training.gan import build_gan, gan_step
+from cyclekit.mnist.evaluate import class_coverage, frechet_distance
+from cyclekit.mnist.nets import MNIST_MODELS, model_from_spec, model_spec
+from cyclekit.mnist.gan import build_gan, gan_step
 
 TINY = {  # spec kind -> tiny constructor kwargs
     "mlp_g": {"latent_dim": 8, "hidden": 16},
@@ -89,7 +89,7 @@ def test_png_tree_and_missing_data(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     def offline(data_dir: Path) -> None:  # what torchvision does without network
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
-    monkeypatch.setattr("cyclekit.data.mnist.download_mnist", offline)
+    monkeypatch.setattr("cyclekit.mnist.data.download_mnist", offline)
     with pytest.raises(MnistDataError, match="download failed: Error downloading"):
         load_mnist(tmp_path / "empty", download=True)
 

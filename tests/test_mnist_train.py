@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclekit.checkpoint import safe_load
-from cyclekit.data.mnist import MnistArrays, load_mnist, to_tensor
-from cyclekit.mnist_eval import load_or_train_classifier, quality_report
-from cyclekit.training.ae import AEConfig, train_ae
-from cyclekit.training.gan import GanConfig, generate, load_generator, train_gan
+from cyclekit.files import safe_load
+from cyclekit.mnist.data import MnistArrays, load_mnist, to_tensor
+from cyclekit.mnist.evaluate import load_or_train_classifier, quality_report
+from cyclekit.mnist.ae import AEConfig, train_ae
+from cyclekit.mnist.gan import GanConfig, generate, load_generator, train_gan
 
 
 def fake_arrays(n: int, seed: int = 0) -> MnistArrays:
@@ -116,7 +116,7 @@ def test_eval_on_tiny_model_and_classifier_cache(
     def no_training(*a, **k):
         raise AssertionError("the cached classifier should have been used")
 
-    monkeypatch.setattr("cyclekit.mnist_eval.train_classifier", no_training)
+    monkeypatch.setattr("cyclekit.mnist.evaluate.train_classifier", no_training)
     clf2, acc2 = load_or_train_classifier(train, test, epochs=4, directory=tmp_path)
     assert acc2 == acc
 

@@ -116,7 +116,7 @@ def test_architecture_is_read_off_state_dict_keys(arch, norm, dropout):
 
 
 def test_malformed_generator_files_are_one_line_errors(tmp_path):
-    from cyclekit.checkpoint import CheckpointError
+    from cyclekit.files import CheckpointError
     from cyclekit.generator_io import save_generator
 
     g = build_generator("resnet_6blocks", ngf=4)

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from cyclekit.checkpoint import CheckpointError, safe_load
-from cyclekit.config import ConfigError, TrainConfig
+from cyclekit.files import CheckpointError, safe_load
+from cyclekit.training.config import ConfigError, TrainConfig
 from cyclekit.devices import autocast
 from cyclekit.generator_io import load_generator
 from cyclekit.training.cyclegan import build_cyclegan, train_step

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from cyclekit.generator_io import load_generator
-from cyclekit.translate import TranslateOptions, plan_jobs, translate_paths
+from cyclekit.translate.engine import TranslateOptions, plan_jobs, translate_paths
 from tests.test_translate_common import cli, make_generator, photo, save_photo, tree_hashes
 
 
@@ -337,6 +337,6 @@ def test_help_teaches_and_cli_import_is_light() -> None:
     for needle in ("Examples:", "--skip-existing", "--model", "--tile", "--gallery"):
         assert needle in r.output
     assert "Examples:" in cli("export", "--help").output
-    code = "import sys, cyclekit.cli, cyclekit.cli_translate; print('torch' in sys.modules)"
+    code = "import sys, cyclekit.cli, cyclekit.cli.translate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

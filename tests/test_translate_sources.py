@@ -14,7 +14,7 @@ from PIL import Image
 
 from cyclekit.data.images import decode_image
 from cyclekit.generator_io import load_generator
-from cyclekit.tiling import make_runner, pad_image, padded_size, to_tensor
+from cyclekit.translate.tiling import make_runner, pad_image, padded_size, to_tensor
 from tests.test_translate_common import (
     cli,
     make_official,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import cyclekit.tiling as tiling
+import cyclekit.translate.tiling as tiling
 from cyclekit.models import build_generator
 from tests.test_translate_common import cli, make_generator, photo
 

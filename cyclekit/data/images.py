@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from cyclekit.errors import CyclekitError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class ImageDecodeError(Exception):
+class ImageDecodeError(CyclekitError):
     """An image file that cannot be used; ``str()`` is a one-line 'path: reason'."""
 
 

@@ -18,9 +18,10 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from cyclekit.data.images import ImageDecodeError, decode_image, list_images
+from cyclekit.errors import CyclekitError
 
 
-class DataError(ValueError):
+class DataError(CyclekitError):
     """A data folder that cannot be trained on; the message names the folder."""
 
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclekit.config import TrainConfig
-from cyclekit.distributed import unwrap
-from cyclekit.image_pool import ImagePool
-from cyclekit.losses import discriminator_adv_loss, generator_adv_loss, gradient_penalty
+from cyclekit.training.config import TrainConfig
+from cyclekit.training.distributed import unwrap
+from cyclekit.training.image_pool import ImagePool
+from cyclekit.training.losses import discriminator_adv_loss, generator_adv_loss, gradient_penalty
 from cyclekit.models import build_discriminator, generator_from_spec, generator_spec, init_weights
 
 LOSS_NAMES = (

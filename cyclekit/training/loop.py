@@ -17,13 +17,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from cyclekit.checkpoint import atomic_save
-from cyclekit.config import ConfigError, TrainConfig
+from cyclekit.files import atomic_save
+from cyclekit.training.config import ConfigError, TrainConfig
 from cyclekit.data.images import list_images
 from cyclekit.data.unpaired import EpochSampler, UnpairedDataset, scan_domain
 from cyclekit.devices import autocast as make_autocast
 from cyclekit.devices import resolve_device, resolve_precision
-from cyclekit.distributed import (
+from cyclekit.training.distributed import (
     any_rank,
     gather_objects,
     init_distributed,
@@ -33,7 +33,7 @@ from cyclekit.distributed import (
 )
 from cyclekit.generator_io import save_generator
 from cyclekit.models import side_multiple
-from cyclekit.tracking import NullTracker, start_tracker
+from cyclekit.training.tracking import NullTracker, start_tracker
 from cyclekit.training.cyclegan import (
     LOSS_NAMES,
     build_cyclegan,
@@ -42,7 +42,7 @@ from cyclekit.training.cyclegan import (
     translate_samples,
 )
 from cyclekit.training.samples import save_sample_grid
-from cyclekit.training.setup import (
+from cyclekit.training.prepare import (
     StopFlag,
     check_uncropped_sizes,
     domain_dirs,

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cyclekit.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
-from cyclekit.distributed import unwrap
+from cyclekit.files import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
+from cyclekit.training.distributed import unwrap
 from cyclekit.generator_io import TRAIN_FORMAT
 from cyclekit.training.cyclegan import CycleGAN
 

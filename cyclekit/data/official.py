@@ -19,6 +19,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from cyclekit.errors import CyclekitError
 
 # The official download script's host. Tests (and mirrors) point this elsewhere.
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
@@ -26,7 +27,7 @@ URL_ENV = "CYCLEKIT_DATASETS_URL"
 CHUNK = 1 << 16
 
 
-class DatasetError(Exception):
+class DatasetError(CyclekitError):
     """A download or archive problem; ``str()`` is one line naming the URL or file."""
 
 

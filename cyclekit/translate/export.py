@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclekit.models import side_multiple
+from cyclekit.errors import CyclekitError
 
 EXPORT_FORMATS = ("onnx", "torchscript", "official")
 
 
-class ExportError(Exception):
+class ExportError(CyclekitError):
     """An export that cannot be done; ``str()`` is one line for the user."""
 
 
@@ -60,7 +61,7 @@ def export_generator(
     if fmt == "official":
         # A bare state_dict, as the official code's latest_net_G.pth: its test.py loads it with
         # --netG/--ngf/--norm/--no_dropout matching ``spec`` (our keys equal the official ones).
-        from cyclekit.checkpoint import atomic_save
+        from cyclekit.files import atomic_save
 
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return atomic_save(state, dst)

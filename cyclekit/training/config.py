@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from cyclekit.errors import CyclekitError
 
 GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
 DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel")
@@ -49,7 +50,7 @@ RESUMABLE_OVERRIDES = frozenset(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(CyclekitError):
     """A bad setting; the message names the flag."""
 
 

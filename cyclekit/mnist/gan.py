@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclekit.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
-from cyclekit.data.mnist import MnistArrays, load_mnist, to_tensor
+from cyclekit.files import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
+from cyclekit.mnist.data import MnistArrays, load_mnist, to_tensor
 from cyclekit.devices import resolve_device
-from cyclekit.models.mnist import GAN_ARCHS, model_from_spec, model_spec
-from cyclekit.training.mnist_common import (
+from cyclekit.mnist.nets import GAN_ARCHS, model_from_spec, model_spec
+from cyclekit.mnist.common import (
     batch_order,
     plain_config,
     resolve_resume,
@@ -176,7 +176,7 @@ def train_gan(
     """Train a GAN on MNIST (``data`` or ``cfg.data_dir``); checkpoints go to checkpoints/<name>."""
     from tqdm import tqdm
 
-    from cyclekit.tracking import start_tracker
+    from cyclekit.training.tracking import start_tracker
 
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.checkpoints_dir) / cfg.name

@@ -1,6 +1,6 @@
 """``cyclekit datasets``: list, download (official CycleGAN zips) or synthesise datasets.
 
-A thin click layer over :mod:`cyclekit.datasets` and :mod:`cyclekit.synth`; numpy and Pillow are
+A thin click layer over :mod:`cyclekit.data.official` and :mod:`cyclekit.data.synth`; numpy and Pillow are
 imported only by the commands that need them.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cyclekit.datasets import OFFICIAL, URL_ENV, DatasetError, base_url, is_present
+from cyclekit.data.official import OFFICIAL, URL_ENV, DatasetError, base_url, is_present
 
 CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 ROOT = click.option(
@@ -37,7 +37,7 @@ def datasets() -> None:
 @ROOT
 def list_cmd(root: Path) -> None:
     """Show the official and synthetic datasets, and which are already under --root."""
-    from cyclekit.synth import SYNTH_TASKS
+    from cyclekit.data.synth import SYNTH_TASKS
 
     yes_no = lambda name: "yes" if is_present(root, name) else "no"
     click.echo(f"Official CycleGAN datasets (cyclekit datasets download NAME; from {base_url()}):")
@@ -68,7 +68,7 @@ then deleted. Set {URL_ENV} to use a mirror.""",
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def download(name: str, root: Path, force: bool, no_progress: bool) -> None:
     """Download official CycleGAN dataset NAME into ROOT/NAME (see `cyclekit datasets list`)."""
-    from cyclekit.datasets import download_dataset
+    from cyclekit.data.official import download_dataset
 
     try:
         target = download_dataset(name, root, force=force, progress=not no_progress)
@@ -106,7 +106,7 @@ def synth(
     """Generate the synthetic unpaired dataset NAME (with ground truth) into ROOT/NAME."""
     import time
 
-    from cyclekit.synth import SYNTH_TASKS, make_synthetic
+    from cyclekit.data.synth import SYNTH_TASKS, make_synthetic
 
     if name not in SYNTH_TASKS:
         raise click.ClickException(

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+from cyclekit.errors import CyclekitError
 
 OFFICIAL_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
 PRETRAINED_MODELS = (
@@ -37,7 +38,7 @@ PRETRAINED_MODELS = (
 )
 
 
-class PretrainedError(Exception):
+class PretrainedError(CyclekitError):
     """A pretrained model that cannot be had; ``str()`` says what to do instead."""
 
 
@@ -59,7 +60,7 @@ def cached_path(name: str) -> Path:
 
 
 def _check_checkpoint(path: Path) -> None:
-    from cyclekit.checkpoint import CheckpointError, safe_load
+    from cyclekit.files import CheckpointError, safe_load
 
     try:
         safe_load(path)

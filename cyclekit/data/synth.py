@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cyclekit.data.images import decode_image, list_images
-from cyclekit.datasets import replace_dir
+from cyclekit.data.official import replace_dir
 
 # Shapes are drawn at SS x the output size and box-filtered down: smooth, anti-aliased edges.
 SS = 2

@@ -11,7 +11,7 @@ import sys
 import click
 from click.core import ParameterSource
 
-from cyclekit import config as C
+from cyclekit.training import config as C
 
 D = C.TrainConfig.__dataclass_fields__
 
@@ -206,7 +206,7 @@ def train(
     except C.ConfigError as e:
         raise click.UsageError(str(e)) from None
 
-    from cyclekit.checkpoint import CheckpointError
+    from cyclekit.files import CheckpointError
     from cyclekit.data.unpaired import DataError
     from cyclekit.training.loop import train as run_training
 

@@ -74,7 +74,7 @@ def prepare(
     max_size: int | None = None,
 ) -> Prepared:
     """Decode ``job.src`` upright, resize it for the model if asked, pad it for the model."""
-    from cyclekit.tiling import pad_image, padded_size
+    from cyclekit.translate.tiling import pad_image, padded_size
 
     started = time.perf_counter()
     img = decode_image(job.src, channels=spec["input_nc"], composite_alpha=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from cyclekit.checkpoint import CheckpointError
+from cyclekit.files import CheckpointError
 
 
 def batch_order(seed: int, epoch: int, n: int) -> torch.Tensor:

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclekit.checkpoint import FORMAT_VERSION, atomic_save
-from cyclekit.data.mnist import MnistArrays, load_mnist, to_tensor
+from cyclekit.files import FORMAT_VERSION, atomic_save
+from cyclekit.mnist.data import MnistArrays, load_mnist, to_tensor
 from cyclekit.devices import resolve_device
-from cyclekit.models.mnist import model_from_spec, model_spec
-from cyclekit.training.mnist_common import batch_order, plain_config, save_config_yaml, save_grid
+from cyclekit.mnist.nets import model_from_spec, model_spec
+from cyclekit.mnist.common import batch_order, plain_config, save_config_yaml, save_grid
 
 CHECKPOINT_FORMAT = "cyclekit-mnist-ae"
 AE_ARCHS = ("mlp", "conv")
@@ -108,7 +108,7 @@ def train_ae(
     """Train the autoencoder, then write the test MSE and a noisy/reconstructed/original figure."""
     from tqdm import tqdm
 
-    from cyclekit.tracking import start_tracker
+    from cyclekit.training.tracking import start_tracker
 
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.checkpoints_dir) / cfg.name

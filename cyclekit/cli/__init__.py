@@ -15,29 +15,29 @@ from cyclekit import __version__
 
 # command name -> ("module", "attribute", one-line help shown by `cyclekit --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("cyclekit.cli_train", "train", "Train a CycleGAN on two unpaired image folders."),
+    "train": ("cyclekit.cli.train", "train", "Train a CycleGAN on two unpaired image folders."),
     "translate": (
-        "cyclekit.cli_translate",
+        "cyclekit.cli.translate",
         "translate",
         "Translate (stylise) images or whole folders with a trained generator.",
     ),
     "export": (
-        "cyclekit.cli_translate",
+        "cyclekit.cli.translate",
         "export",
         "Export a generator to ONNX or TorchScript.",
     ),
     "datasets": (
-        "cyclekit.cli_datasets",
+        "cyclekit.cli.datasets",
         "datasets",
         "List, download or synthesise unpaired datasets.",
     ),
     "demo": (
-        "cyclekit.cli_demo",
+        "cyclekit.cli.demo",
         "demo",
         "See CycleGAN learn in minutes on a CPU: synth data, train, translate, gallery.",
     ),
-    "gan": ("cyclekit.cli_mnist", "gan", "MNIST baselines: vanilla GAN and DCGAN."),
-    "ae": ("cyclekit.cli_mnist", "ae", "MNIST baseline: a (denoising) autoencoder."),
+    "gan": ("cyclekit.cli.mnist", "gan", "MNIST baselines: vanilla GAN and DCGAN."),
+    "ae": ("cyclekit.cli.mnist", "ae", "MNIST baseline: a (denoising) autoencoder."),
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cyclekit.errors import CyclekitError
 
 SPLITS = ("train", "test")
 # split -> (images file, labels file), as published by LeCun et al. and mirrored by torchvision
@@ -27,7 +28,7 @@ _IDX_DTYPES = {0x08: np.uint8}  # MNIST only uses unsigned bytes
 _PNG_SUFFIXES = (".png",)
 
 
-class MnistDataError(Exception):
+class MnistDataError(CyclekitError):
     """MNIST data that is missing or unreadable; the message names the path and the problem."""
 
 

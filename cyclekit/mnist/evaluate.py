@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclekit.checkpoint import CheckpointError, atomic_save, safe_load
-from cyclekit.data.mnist import MnistArrays, to_tensor
-from cyclekit.models.mnist import model_from_spec, model_spec
+from cyclekit.files import CheckpointError, atomic_save, safe_load
+from cyclekit.mnist.data import MnistArrays, to_tensor
+from cyclekit.mnist.nets import model_from_spec, model_spec
 
 CLASSIFIER_SPEC = model_spec("classifier", width=16, features=128)
 CLASSIFIER_VERSION = 1  # bump when the training recipe changes, so old caches are not reused

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import yaml
 
-from cyclekit.checkpoint import CheckpointError
-from cyclekit.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
+from cyclekit.files import CheckpointError
+from cyclekit.training.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
 from cyclekit.data.images import ImageDecodeError, decode_image
 from cyclekit.data.unpaired import Domain
 from cyclekit.models import side_multiple
@@ -42,7 +42,7 @@ def check_uncropped_sizes(domain: Domain, cfg: TrainConfig) -> None:
     """Without a crop, image sizes reach the networks as they are: check them up front."""
     if "crop" in cfg.preprocess:
         return
-    from cyclekit.config import min_patch_side
+    from cyclekit.training.config import min_patch_side
     from cyclekit.data.transforms import resized_size
 
     sizes = {}

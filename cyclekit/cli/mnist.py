@@ -20,8 +20,8 @@ DATA_HELP = (
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from cyclekit.checkpoint import CheckpointError
-    from cyclekit.data.mnist import MnistDataError
+    from cyclekit.files import CheckpointError
+    from cyclekit.mnist.data import MnistDataError
 
     return (CheckpointError, MnistDataError, ValueError)
 
@@ -140,7 +140,7 @@ def gan_train(**kw: Any) -> None:
     fixed-noise grids over training. The defaults are the best-training settings we measured for
     the MLP; the lecture recipe is --lr 2e-4 --betas 0.9 0.999 --batch-size 100.
     """
-    from cyclekit.training.gan import GanConfig, train_gan
+    from cyclekit.mnist.gan import GanConfig, train_gan
 
     kw["name"] = kw["name"] or f"mnist_gan_{kw['arch']}"
     kw["betas"] = kw["betas"] or None
@@ -168,8 +168,8 @@ def gan_train(**kw: Any) -> None:
 @click.option("--device", default="cpu", show_default=True)
 def gan_sample(checkpoint: Path, n: int, output: Path, seed: int, nrow: int, device: str) -> None:
     """Draw samples from a trained generator (no architecture flags needed)."""
-    from cyclekit.training.gan import generate, load_generator
-    from cyclekit.training.mnist_common import save_grid, save_individual
+    from cyclekit.mnist.gan import generate, load_generator
+    from cyclekit.mnist.common import save_grid, save_individual
 
     if n < 1:
         raise click.BadParameter(f"must be >= 1, got {n}", param_hint="-n")
@@ -203,7 +203,7 @@ def gan_eval(**kw: Any) -> None:
     samples are classified as it.
     """
     report = _run(evaluate_checkpoint, **kw)
-    from cyclekit.mnist_eval import format_report
+    from cyclekit.mnist.evaluate import format_report
 
     click.echo(format_report(report))
 
@@ -219,13 +219,13 @@ def evaluate_checkpoint(
     json_path: Path | None = None,
     log: Callable[[str], None] = click.echo,
 ) -> dict[str, Any]:
-    """The ``gan eval`` report for a checkpoint (see :mod:`cyclekit.mnist_eval`)."""
+    """The ``gan eval`` report for a checkpoint (see :mod:`cyclekit.mnist.evaluate`)."""
     import numpy as np
     import torch
 
-    from cyclekit.data.mnist import load_mnist, to_tensor
-    from cyclekit.mnist_eval import load_or_train_classifier, quality_report
-    from cyclekit.training.gan import generate, load_generator
+    from cyclekit.mnist.data import load_mnist, to_tensor
+    from cyclekit.mnist.evaluate import load_or_train_classifier, quality_report
+    from cyclekit.mnist.gan import generate, load_generator
 
     G, blob = load_generator(checkpoint, device)
     data_dir = data_dir or blob["config"]["data_dir"]
@@ -272,7 +272,7 @@ def ae() -> None:
 def ae_train(**kw: Any) -> None:
     """Train an autoencoder with MSE; writes reconstructions.png (rows: noisy input,
     reconstruction, original) and prints the test-set MSE."""
-    from cyclekit.training.ae import AEConfig, train_ae
+    from cyclekit.mnist.ae import AEConfig, train_ae
 
     kw["name"] = kw["name"] or f"mnist_ae_{kw['arch']}"
     result = _run(train_ae, _config(AEConfig, **kw))

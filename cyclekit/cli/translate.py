@@ -143,7 +143,7 @@ def translate(
     cannot be translated is reported on one line and the rest go on; the exit status is
     0 only if every file succeeded.
     """
-    from cyclekit.translate import (
+    from cyclekit.translate.engine import (
         TranslateError,
         TranslateOptions,
         load_model,
@@ -206,8 +206,8 @@ def export(checkpoint: Path, direction: str | None, fmt: str, output: Path) -> N
       cyclekit export --checkpoint latest_net_G.pth --format onnx -o h2z.onnx
       cyclekit export --checkpoint checkpoints/h2z/G_ab.pt --format official -o latest_net_G_A.pth
     """
-    from cyclekit.export import ExportError, export_generator
-    from cyclekit.translate import TranslateError, load_model
+    from cyclekit.translate.export import ExportError, export_generator
+    from cyclekit.translate.engine import TranslateError, load_model
 
     try:
         model, info = load_model(checkpoint, None, direction)

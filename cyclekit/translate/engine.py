@@ -25,10 +25,19 @@ import numpy as np
 from tqdm import tqdm
 
 from cyclekit.data.images import ImageDecodeError, is_image_file, list_images
-from cyclekit.translate_io import FORMATS, MIN_SIDE, PARTIAL_SUFFIX, Job, Prepared, finish, prepare
+from cyclekit.translate.image_io import (
+    FORMATS,
+    MIN_SIDE,
+    PARTIAL_SUFFIX,
+    Job,
+    Prepared,
+    finish,
+    prepare,
+)
+from cyclekit.errors import CyclekitError
 
 
-class TranslateError(Exception):
+class TranslateError(CyclekitError):
     """A problem with the whole run (not one image); ``str()`` is one line for the user."""
 
 
@@ -247,13 +256,13 @@ def load_model(
     direction: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The generator from ``--checkpoint`` or ``--model`` (downloaded once, then cached)."""
-    from cyclekit.checkpoint import CheckpointError
+    from cyclekit.files import CheckpointError
     from cyclekit.generator_io import load_generator
 
     if (checkpoint is None) == (model_name is None):
         raise TranslateError("give exactly one of --checkpoint PATH or --model NAME")
     if model_name is not None:
-        from cyclekit.pretrained import PretrainedError, fetch_pretrained
+        from cyclekit.translate.pretrained import PretrainedError, fetch_pretrained
 
         try:
             checkpoint = fetch_pretrained(model_name)
@@ -290,7 +299,7 @@ def translate_paths(
     """Translate every image named by ``inputs`` into ``opts.output_dir``; never raises for
     one bad image (it is reported). Raises :class:`TranslateError` for a bad run setup."""
     from cyclekit.devices import resolve_device, resolve_precision
-    from cyclekit.tiling import Batcher, make_runner
+    from cyclekit.translate.tiling import Batcher, make_runner
 
     jobs, problems = plan_jobs(inputs, opts.output_dir, opts.fmt)
     try:
@@ -359,7 +368,7 @@ def translate_paths(
         pool.shutdown(wait=True, cancel_futures=True)
         report.close()
     if opts.gallery:
-        from cyclekit.gallery import write_gallery
+        from cyclekit.translate.gallery import write_gallery
 
         write_gallery(opts.output_dir, report.entries)
     return report

@@ -1,0 +1,49 @@
+"""What every command shares: turning user errors into one line, and the common flag types."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from cyclekit.errors import CyclekitError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """A :class:`CyclekitError` becomes ``Error: <one line>`` and exit 1; bugs keep tracebacks."""
+    try:
+        yield
+    except CyclekitError as e:
+        raise click.ClickException(str(e)) from None
+
+
+class DeviceType(click.ParamType):
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, in any case; checked before any work."""
+
+    name = "device"
+    _PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        if not self._PATTERN.match(text):
+            self.fail(
+                f"{value!r} is not a device; choose auto, cpu, cuda, cuda:N or mps", param, ctx
+            )
+        return text
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[auto|cpu|cuda|cuda:N|mps]"
+
+
+DEVICE = DeviceType()
+
+
+def choice(values: Any) -> click.Choice:
+    """A choice list that accepts any case (``--format JPG``, ``--direction A2B``)."""
+    return click.Choice(list(values), case_sensitive=False)

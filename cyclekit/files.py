@@ -1,0 +1,116 @@
+"""Files that are never half-written, checkpoints loaded as untrusted input, the cache folder.
+
+Every file cyclekit writes goes through :func:`atomic_path` (or a wrapper of it): the bytes go
+to a temporary name beside the target, are flushed to disk, and are renamed over the target in
+one step. A process killed at any moment leaves either the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from cyclekit.errors import CyclekitError
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(CyclekitError):
+    """A checkpoint file that cannot be used; the message names the file and the reason."""
+
+
+def _fsync(path: Path) -> None:
+    with contextlib.suppress(OSError), open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, else vanishes.
+
+    For writers that want a file name (Pillow, ONNX, zip extraction). ``suffix`` lets a
+    library that picks its format from the extension see the right one (e.g. ``.png.tmp``
+    would not do for Pillow: pass ``".png"``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """``open(path, mode)`` that only ever shows the finished file (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`atomic_write`."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+def write_yaml(path: str | os.PathLike, values: dict[str, Any]) -> Path:
+    """A config as YAML (tuples as lists), written atomically."""
+    import yaml
+
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    with atomic_write(path, "w") as f:
+        yaml.safe_dump(plain, f, sort_keys=False)
+    return Path(path)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete ``.*.tmp`` files that a killed process left beside the files it was writing."""
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load with ``weights_only=True``; any failure becomes a one-line :class:`CheckpointError`.
+
+    PyTorch's own message for a refused file suggests ``weights_only=False``, which would run
+    code from an untrusted file: it is never shown.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated/foreign files
+        text = str(e)
+        if "Unsupported global" in text:
+            why = "it holds Python objects other than tensors, which cyclekit never loads"
+        elif "zip archive" in text or "central directory" in text:
+            why = "truncated or damaged PyTorch file"
+        else:
+            why = "not a PyTorch checkpoint"
+        raise CheckpointError(f"{path}: cannot load as a checkpoint: {why}") from None
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$CYCLEKIT_CACHE``, else ``$XDG_CACHE_HOME/cyclekit``, else ``~/.cache/cyclekit``."""
+    if os.environ.get("CYCLEKIT_CACHE"):
+        root = Path(os.environ["CYCLEKIT_CACHE"])
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cyclekit"
+    return root.joinpath(*parts)
