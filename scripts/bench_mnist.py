@@ -21,11 +21,11 @@ from typing import Any
 import click
 import torch
 
+from cyclekit.mnist.ae import AEConfig, train_ae
+from cyclekit.mnist.common import save_grid
 from cyclekit.mnist.data import load_mnist, to_tensor
 from cyclekit.mnist.evaluate import load_or_train_classifier, quality_report
-from cyclekit.mnist.ae import AEConfig, train_ae
 from cyclekit.mnist.gan import GanConfig, generate, load_generator, train_gan
-from cyclekit.mnist.common import save_grid
 
 
 def _value(text: str) -> Any:

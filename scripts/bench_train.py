@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclekit.training.config import TrainConfig
 from cyclekit.devices import autocast, resolve_device, resolve_precision
+from cyclekit.training.config import TrainConfig
 from cyclekit.training.cyclegan import build_cyclegan, train_step
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from cyclekit.files import safe_load
 from cyclekit.cli import main
+from cyclekit.files import safe_load
 from tests.helpers import TINY_TRAIN_FLAGS, make_image_tree
 from tests.wandb_reader import config_keys, history, wait_until_complete
 

@@ -19,8 +19,8 @@ from cyclekit.mnist.data import (
     write_idx_gz,
 )
 from cyclekit.mnist.evaluate import class_coverage, frechet_distance
-from cyclekit.mnist.nets import MNIST_MODELS, model_from_spec, model_spec
 from cyclekit.mnist.gan import build_gan, gan_step
+from cyclekit.mnist.nets import MNIST_MODELS, model_from_spec, model_spec
 
 TINY = {  # spec kind -> tiny constructor kwargs
     "mlp_g": {"latent_dim": 8, "hidden": 16},

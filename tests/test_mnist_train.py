@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from cyclekit.files import safe_load
+from cyclekit.mnist.ae import AEConfig, train_ae
 from cyclekit.mnist.data import MnistArrays, load_mnist, to_tensor
 from cyclekit.mnist.evaluate import load_or_train_classifier, quality_report
-from cyclekit.mnist.ae import AEConfig, train_ae
 from cyclekit.mnist.gan import GanConfig, generate, load_generator, train_gan
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cyclekit.data import synth
 from cyclekit.cli import main
+from cyclekit.data import synth
 from cyclekit.data.images import decode_image, list_images
 from cyclekit.data.synth import SYNTH_TASKS, folder_psnr, make_synthetic, psnr
 

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from cyclekit.files import CheckpointError, safe_load
-from cyclekit.training.config import ConfigError, TrainConfig
 from cyclekit.devices import autocast
+from cyclekit.files import CheckpointError, safe_load
 from cyclekit.generator_io import load_generator
+from cyclekit.training.config import ConfigError, TrainConfig
 from cyclekit.training.cyclegan import build_cyclegan, train_step
 from cyclekit.training.loop import lr_factor, train
 from tests.helpers import make_image_tree, tiny_config

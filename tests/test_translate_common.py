@@ -15,8 +15,8 @@ import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from cyclekit.files import FORMAT_VERSION, atomic_save
 from cyclekit.cli import main
+from cyclekit.files import FORMAT_VERSION, atomic_save
 from cyclekit.generator_io import save_generator
 from cyclekit.models import build_generator, generator_spec
 

@@ -1,7 +1,7 @@
 """``cyclekit datasets``: list, download (official CycleGAN zips) or synthesise datasets.
 
-A thin click layer over :mod:`cyclekit.data.official` and :mod:`cyclekit.data.synth`; numpy and Pillow are
-imported only by the commands that need them.
+A thin click layer over :mod:`cyclekit.data.official` and :mod:`cyclekit.data.synth`;
+numpy and Pillow are imported only by the commands that need them.
 """
 
 from __future__ import annotations

@@ -168,8 +168,8 @@ def gan_train(**kw: Any) -> None:
 @click.option("--device", default="cpu", show_default=True)
 def gan_sample(checkpoint: Path, n: int, output: Path, seed: int, nrow: int, device: str) -> None:
     """Draw samples from a trained generator (no architecture flags needed)."""
-    from cyclekit.mnist.gan import generate, load_generator
     from cyclekit.mnist.common import save_grid, save_individual
+    from cyclekit.mnist.gan import generate, load_generator
 
     if n < 1:
         raise click.BadParameter(f"must be >= 1, got {n}", param_hint="-n")

@@ -206,8 +206,8 @@ def train(
     except C.ConfigError as e:
         raise click.UsageError(str(e)) from None
 
-    from cyclekit.files import CheckpointError
     from cyclekit.data.unpaired import DataError
+    from cyclekit.files import CheckpointError
     from cyclekit.training.loop import train as run_training
 
     try:

@@ -206,8 +206,8 @@ def export(checkpoint: Path, direction: str | None, fmt: str, output: Path) -> N
       cyclekit export --checkpoint latest_net_G.pth --format onnx -o h2z.onnx
       cyclekit export --checkpoint checkpoints/h2z/G_ab.pt --format official -o latest_net_G_A.pth
     """
-    from cyclekit.translate.export import ExportError, export_generator
     from cyclekit.translate.engine import TranslateError, load_model
+    from cyclekit.translate.export import ExportError, export_generator
 
     try:
         model, info = load_model(checkpoint, None, direction)

@@ -19,6 +19,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
 from cyclekit.errors import CyclekitError
 
 # The official download script's host. Tests (and mirrors) point this elsewhere.

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclekit.files import FORMAT_VERSION, atomic_save
-from cyclekit.mnist.data import MnistArrays, load_mnist, to_tensor
 from cyclekit.devices import resolve_device
-from cyclekit.mnist.nets import model_from_spec, model_spec
+from cyclekit.files import FORMAT_VERSION, atomic_save
 from cyclekit.mnist.common import batch_order, plain_config, save_config_yaml, save_grid
+from cyclekit.mnist.data import MnistArrays, load_mnist, to_tensor
+from cyclekit.mnist.nets import model_from_spec, model_spec
 
 CHECKPOINT_FORMAT = "cyclekit-mnist-ae"
 AE_ARCHS = ("mlp", "conv")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from cyclekit.errors import CyclekitError
 
 SPLITS = ("train", "test")

@@ -20,10 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclekit.files import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
-from cyclekit.mnist.data import MnistArrays, load_mnist, to_tensor
 from cyclekit.devices import resolve_device
-from cyclekit.mnist.nets import GAN_ARCHS, model_from_spec, model_spec
+from cyclekit.files import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
 from cyclekit.mnist.common import (
     batch_order,
     plain_config,
@@ -32,6 +30,8 @@ from cyclekit.mnist.common import (
     save_gif,
     save_grid,
 )
+from cyclekit.mnist.data import MnistArrays, load_mnist, to_tensor
+from cyclekit.mnist.nets import GAN_ARCHS, model_from_spec, model_spec
 
 CHECKPOINT_FORMAT = "cyclekit-mnist-gan"
 DEFAULT_HIDDEN = {"mlp": 256, "dcgan": 32}  # MLP layer width / DCGAN base channels

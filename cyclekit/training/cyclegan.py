@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cyclekit.models import build_discriminator, generator_from_spec, generator_spec, init_weights
 from cyclekit.training.config import TrainConfig
 from cyclekit.training.distributed import unwrap
 from cyclekit.training.image_pool import ImagePool
 from cyclekit.training.losses import discriminator_adv_loss, generator_adv_loss, gradient_penalty
-from cyclekit.models import build_discriminator, generator_from_spec, generator_spec, init_weights
 
 LOSS_NAMES = (
     "G_ab", "G_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "G", "D_a", "D_b", "gp_a", "gp_b",

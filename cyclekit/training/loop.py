@@ -17,12 +17,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from cyclekit.files import atomic_save
-from cyclekit.training.config import ConfigError, TrainConfig
 from cyclekit.data.images import list_images
 from cyclekit.data.unpaired import EpochSampler, UnpairedDataset, scan_domain
 from cyclekit.devices import autocast as make_autocast
 from cyclekit.devices import resolve_device, resolve_precision
+from cyclekit.files import atomic_save
+from cyclekit.generator_io import save_generator
+from cyclekit.models import side_multiple
+from cyclekit.training.config import ConfigError, TrainConfig
+from cyclekit.training.cyclegan import (
+    LOSS_NAMES,
+    build_cyclegan,
+    generator_specs,
+    train_step,
+    translate_samples,
+)
 from cyclekit.training.distributed import (
     any_rank,
     gather_objects,
@@ -31,17 +40,6 @@ from cyclekit.training.distributed import (
     unwrap,
     weights_fingerprint,
 )
-from cyclekit.generator_io import save_generator
-from cyclekit.models import side_multiple
-from cyclekit.training.tracking import NullTracker, start_tracker
-from cyclekit.training.cyclegan import (
-    LOSS_NAMES,
-    build_cyclegan,
-    generator_specs,
-    train_step,
-    translate_samples,
-)
-from cyclekit.training.samples import save_sample_grid
 from cyclekit.training.prepare import (
     StopFlag,
     check_uncropped_sizes,
@@ -52,6 +50,7 @@ from cyclekit.training.prepare import (
     sample_batch,
     write_yaml,
 )
+from cyclekit.training.samples import save_sample_grid
 from cyclekit.training.state import (
     load_train_state,
     models_payload,
@@ -59,6 +58,7 @@ from cyclekit.training.state import (
     restore_train_state,
     save_train_state,
 )
+from cyclekit.training.tracking import NullTracker, start_tracker
 
 
 @dataclass

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 import yaml
 
-from cyclekit.files import CheckpointError
-from cyclekit.training.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
 from cyclekit.data.images import ImageDecodeError, decode_image
 from cyclekit.data.unpaired import Domain
+from cyclekit.files import CheckpointError
 from cyclekit.models import side_multiple
+from cyclekit.training.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
 
 
 def domain_dirs(cfg: TrainConfig) -> tuple[Path, Path, Path | None, Path | None]:
@@ -42,8 +42,8 @@ def check_uncropped_sizes(domain: Domain, cfg: TrainConfig) -> None:
     """Without a crop, image sizes reach the networks as they are: check them up front."""
     if "crop" in cfg.preprocess:
         return
-    from cyclekit.training.config import min_patch_side
     from cyclekit.data.transforms import resized_size
+    from cyclekit.training.config import min_patch_side
 
     sizes = {}
     for path, (w, h) in zip(domain.files, domain.sizes, strict=True):

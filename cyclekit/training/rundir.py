@@ -116,7 +116,8 @@ def check_checkpoint_format(state: Any, path: Path, fmt: str, version: int) -> d
     found_version = state.get("format_version")
     if not isinstance(found_version, int) or found_version > version:
         raise CheckpointError(
-            f"{path}: format version {found_version!r} is newer than this cyclekit reads ({version})"
+            f"{path}: format version {found_version!r} is newer than this cyclekit "
+            f"reads ({version})"
         )
     return state
 

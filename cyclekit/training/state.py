@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from cyclekit.files import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
-from cyclekit.training.distributed import unwrap
 from cyclekit.generator_io import TRAIN_FORMAT
 from cyclekit.training.cyclegan import CycleGAN
+from cyclekit.training.distributed import unwrap
 
 
 def rng_state() -> dict[str, Any]:

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cyclekit.data.images import ImageDecodeError, is_image_file, list_images
+from cyclekit.errors import CyclekitError
 from cyclekit.translate.image_io import (
     FORMATS,
     MIN_SIDE,
@@ -34,7 +35,6 @@ from cyclekit.translate.image_io import (
     finish,
     prepare,
 )
-from cyclekit.errors import CyclekitError
 
 
 class TranslateError(CyclekitError):

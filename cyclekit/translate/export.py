@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclekit.models import side_multiple
 from cyclekit.errors import CyclekitError
+from cyclekit.models import side_multiple
 
 EXPORT_FORMATS = ("onnx", "torchscript", "official")
 

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+
 from cyclekit.errors import CyclekitError
 
 OFFICIAL_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
