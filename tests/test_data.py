@@ -170,3 +170,31 @@ def test_dataset_falls_back_on_undecodable_file(tmp_path):
         item = ds[(1, 0, 5)]
     assert item["a"].shape == (3, 32, 32) and item["b"].shape == (1, 32, 32)
     assert item["a"].max().item() == pytest.approx(20 / 127.5 - 1)  # fell back to 2.png
+
+
+@pytest.mark.parametrize("factor", [1.5, 3])  # Pillow warns over the limit, raises over 2x
+def test_images_over_the_decompression_bomb_limit_are_set_aside(tmp_path, monkeypatch, factor):
+    import warnings
+
+    _save(tmp_path / "A" / "ok.png", np.zeros((10, 10, 3), np.uint8))
+    _save(tmp_path / "A" / "huge.png", np.zeros((40, 40, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(40 * 40 / factor))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw Pillow warning either
+        d = scan_domain("A", tmp_path / "A")
+    assert [p.name for p in d.files] == ["ok.png"]
+    assert len(d.bad) == 1 and "huge.png: image too large to decode safely" in d.bad[0]
+    assert "1,600 pixels" in d.bad[0] and "\n" not in d.bad[0]
+
+
+def test_dataset_skips_an_image_that_became_too_large(tmp_path, monkeypatch):
+    for name in ("0.png", "1.png"):
+        _save(tmp_path / "A" / name, np.full((40, 40, 3), 50, np.uint8))
+    _save(tmp_path / "B" / "0.png", np.zeros((40, 40, 3), np.uint8))
+    a, b = scan_domain("A", tmp_path / "A"), scan_domain("B", tmp_path / "B")
+    _save(tmp_path / "A" / "0.png", np.zeros((100, 100, 3), np.uint8))  # replaced after the scan
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 40x40 passes, 100x100 is over 2x
+    ds = UnpairedDataset(a, b, TrainTransform("crop", 32, 32, flip=False), 3, 3)
+    with pytest.warns(UserWarning, match=r"skipping .*0\.png: .*(too large|exceeds limit)"):
+        item = ds[(0, 0, 1)]
+    assert item["a"].max().item() == pytest.approx(50 / 127.5 - 1)  # fell back to 1.png

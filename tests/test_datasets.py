@@ -352,3 +352,34 @@ def test_readme_commands_run(server, tmp_path, monkeypatch):
         r = CliRunner().invoke(main, args, catch_exceptions=False)
         assert r.exit_code == 0, f"{cmd}\n{r.output}"
     assert is_present(tmp_path / "datasets", "day2night")
+
+
+def test_download_into_an_unusable_root_is_one_line_and_names_it(server, tmp_path):
+    server.files["/files/mini.zip"] = _dataset_zip("mini")
+    (tmp_path / "f").write_text("mine")
+    root = tmp_path / "f" / "sub"
+    r = CliRunner().invoke(main, ["datasets", "download", "mini", "--root", str(root)])
+    assert r.exit_code == 1 and isinstance(r.exception, (SystemExit, type(None)))
+    assert r.output.count("\n") == 1 and f"--root {root}: cannot create the folder" in r.output
+    assert (tmp_path / "f").read_text() == "mine" and server.log == []
+
+
+def test_a_failure_while_unpacking_keeps_the_zip_and_says_why(server, tmp_path, monkeypatch):
+    from cyclekit.data import official
+
+    server.files["/files/mini.zip"] = _dataset_zip("mini")
+
+    def full(zip_path, dest):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(official, "safe_extract", full)
+    with pytest.raises(DatasetError, match="cannot unpack mini.zip .No space left on device"):
+        download_dataset("mini", tmp_path, progress=False)
+    assert _leftovers(tmp_path) == ["mini.zip"]  # the next run unpacks it without downloading
+
+
+def test_dataset_names_are_accepted_in_any_case(server, tmp_path):
+    server.files["/files/mini.zip"] = _dataset_zip("mini")
+    args = ["datasets", "download", "MINI", "--root", str(tmp_path), "--no-progress"]
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0 and is_present(tmp_path, "mini")

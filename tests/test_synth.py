@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from cyclekit.cli import main
 from cyclekit.data import synth
 from cyclekit.data.images import decode_image, list_images
+from cyclekit.data.official import DatasetError, DatasetExistsError
 from cyclekit.data.synth import SYNTH_TASKS, folder_psnr, make_synthetic, psnr
 
 TASKS = list(SYNTH_TASKS)
@@ -107,7 +108,7 @@ def test_folder_psnr_do_nothing_vs_ground_truth(tmp_path):
     nothing_a = folder_psnr(out / "testA", out / "testA_gt")
     nothing_b = folder_psnr(out / "testB", out / "testB_gt")
     assert 0.0 < nothing_a < 16.0 and 0.0 < nothing_b < 16.0
-    with pytest.raises(FileNotFoundError, match="no image for ground truth"):
+    with pytest.raises(DatasetError, match="no image for ground truth"):
         folder_psnr(out / "trainA", out / "testA_gt")  # trainA has 1 image, gt 4
 
 
@@ -124,7 +125,7 @@ def test_psnr_basics():
 def test_refuses_to_overwrite_unless_forced(tmp_path):
     out = make_synthetic("photo2poster", tmp_path, n_train=1, n_test=1, size=16, seed=0)
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(DatasetExistsError, match="--force"):
         make_synthetic("photo2poster", tmp_path, n_train=1, n_test=1, size=16, seed=0)
     assert (out / "keep.txt").exists()
     make_synthetic("photo2poster", tmp_path, n_train=2, n_test=1, size=16, seed=0, force=True)
@@ -152,14 +153,46 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     "kw, match",
     [
         (dict(name="nope"), "unknown synthetic task"),
-        (dict(size=8), "at least 16"),
+        (dict(size=8), "--size must be 16 to 1024"),
+        (dict(size=100_000), "--size must be 16 to 1024 pixels, got 100000"),
         (dict(n_train=0), "at least one"),
+        (dict(n_train=10**9), "--n and --n-test are limited to 100,000"),
+        (dict(n_test=10**6), "--n and --n-test are limited"),
+        (dict(seed=-1), "--seed must be a non-negative integer"),
     ],
 )
-def test_bad_arguments(tmp_path, kw, match):
-    args = dict(name="day2night", root=tmp_path, n_train=1, n_test=1, size=16, seed=0) | kw
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, kw, match):
+    args = dict(name="day2night", root=tmp_path / "r", n_train=1, n_test=1, size=16, seed=0) | kw
+    with pytest.raises(DatasetError, match=match):
         make_synthetic(**args)
+    assert not (tmp_path / "r").exists()
+
+
+def test_not_enough_disk_space_is_refused_up_front(tmp_path, monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(synth.shutil, "disk_usage", lambda p: usage._replace(free=10_000))
+    with pytest.raises(DatasetError, match=r"may need up to .* MiB, but only 0 MiB are free"):
+        make_synthetic("day2night", tmp_path, n_train=100, n_test=10, size=64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_failure_is_one_error_naming_the_root_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(arr, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(synth, "_save_png", full)
+    with pytest.raises(DatasetError, match=r"--root .*: cannot write day2night \(No space left"):
+        make_synthetic("day2night", tmp_path, n_train=2, n_test=1, size=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_root_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(DatasetError, match="--root .*f: cannot create the folder"):
+        make_synthetic("day2night", tmp_path / "f", n_train=1, n_test=1, size=16)
+    assert (tmp_path / "f").read_text() == "mine"
 
 
 def test_cli_synth_end_to_end(tmp_path):
@@ -176,6 +209,12 @@ def test_cli_synth_end_to_end(tmp_path):
     r = run(["datasets", "synth", "zebras", "--root", str(tmp_path)])
     assert r.exit_code == 1 and "unknown synthetic task 'zebras'" in r.output
     r = run(["datasets", "synth", "day2night", "--size", "4", "--root", str(tmp_path)])
-    assert r.exit_code == 1 and "at least 16" in r.output
+    assert r.exit_code == 1 and "--size must be 16 to 1024" in r.output
+    r = run(["datasets", "synth", "day2night", "--size", "100000", "--root", str(tmp_path)])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "--size" in r.output
+    assert not (tmp_path / "day2night").exists()
+    r = run(["datasets", "synth", "Day2Night", "--n", "1", "--n-test", "1", "--size", "16"]
+            + ["--root", str(tmp_path)])  # fmt: skip
+    assert r.exit_code == 0 and (tmp_path / "day2night").is_dir()
     r = run(["datasets", "synth", "--help"])
     assert r.exit_code == 0 and "Examples:" in r.output and "testA_gt" in r.output

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import click
 
-from cyclekit.data.official import OFFICIAL, URL_ENV, DatasetError, base_url, is_present
+from cyclekit.cli.common import CONTEXT as CTX
+from cyclekit.cli.common import choice, user_errors
+from cyclekit.data.official import OFFICIAL, URL_ENV, DatasetExistsError, base_url, is_present
 
-CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 ROOT = click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
@@ -62,7 +63,7 @@ An interrupted download resumes from ROOT/NAME.zip.part when run again. The zip 
 (CRC) and unpacked into a temporary folder that is renamed to ROOT/NAME at the end; the zip is
 then deleted. Set {URL_ENV} to use a mirror.""",
 )
-@click.argument("name", type=click.Choice(list(OFFICIAL)), metavar="NAME")
+@click.argument("name", type=choice(OFFICIAL), metavar="NAME")
 @ROOT
 @click.option("--force", is_flag=True, help="Replace ROOT/NAME if it already exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -70,15 +71,14 @@ def download(name: str, root: Path, force: bool, no_progress: bool) -> None:
     """Download official CycleGAN dataset NAME into ROOT/NAME (see `cyclekit datasets list`)."""
     from cyclekit.data.official import download_dataset
 
-    try:
-        target = download_dataset(name, root, force=force, progress=not no_progress)
-    except FileExistsError as e:
-        if not is_present(root, name):
-            raise click.ClickException(str(e)) from None
-        click.echo(f"{root / name} is already here (use --force to download it again).")
-        return
-    except DatasetError as e:
-        raise click.ClickException(str(e)) from None
+    with user_errors():
+        try:
+            target = download_dataset(name, root, force=force, progress=not no_progress)
+        except DatasetExistsError:
+            if not is_present(root, name):
+                raise
+            click.echo(f"{root / name} is already here (use --force to download it again).")
+            return
     click.echo(f"{name}: ready in {target}")
 
 
@@ -96,7 +96,7 @@ synth.json. Tasks: see `cyclekit datasets list`.""",
 @click.argument("name", metavar="NAME")
 @click.option("--n", "n_train", default=200, show_default=True, help="Train images per domain.")
 @click.option("--n-test", default=50, show_default=True, help="Test images per domain.")
-@click.option("--size", default=64, show_default=True, help="Image side in pixels (>= 16).")
+@click.option("--size", default=64, show_default=True, help="Image side in pixels (16 to 1024).")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
 @ROOT
 @click.option("--force", is_flag=True, help="Replace ROOT/NAME if it already exists.")
@@ -106,17 +106,11 @@ def synth(
     """Generate the synthetic unpaired dataset NAME (with ground truth) into ROOT/NAME."""
     import time
 
-    from cyclekit.data.synth import SYNTH_TASKS, make_synthetic
+    from cyclekit.data.synth import make_synthetic
 
-    if name not in SYNTH_TASKS:
-        raise click.ClickException(
-            f"unknown synthetic task {name!r}; choose from {', '.join(SYNTH_TASKS)}"
-        )
     t0 = time.perf_counter()
-    try:
-        target = make_synthetic(name, root, n_train, n_test, size, seed, force=force)
-    except (ValueError, FileExistsError) as e:
-        raise click.ClickException(str(e)) from None
+    with user_errors():
+        target = make_synthetic(name.lower(), root, n_train, n_test, size, seed, force=force)
     n = 2 * n_train + 4 * n_test
     click.echo(
         f"{name}: {n} images of {size}x{size} in {target} ({time.perf_counter() - t0:.1f} s)"

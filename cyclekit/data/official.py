@@ -29,7 +29,12 @@ CHUNK = 1 << 16
 
 
 class DatasetError(CyclekitError):
-    """A download or archive problem; ``str()`` is one line naming the URL or file."""
+    """A download, archive or dataset-folder problem; ``str()`` is one line naming the URL or
+    file."""
+
+
+class DatasetExistsError(DatasetError):
+    """The dataset folder is already there (and ``force`` was not given)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,10 @@ def download(url: str, dest: Path, progress: bool = True, timeout: float = 30.0)
 
     The file appears at ``dest`` only once complete (``.part`` + ``os.replace``). Raises
     :class:`DatasetError` for HTTP errors; network failures propagate as ``OSError``.
+
+    Not :func:`cyclekit.files.atomic_path`: its temporary file vanishes on failure, while here
+    the partial file must survive an interruption, under a fixed name, so that the next run
+    resumes it.
     """
     from tqdm import tqdm
 
@@ -232,7 +241,7 @@ def download_dataset(
     """Download, check and unpack official dataset ``name`` into ``root/name``; return it.
 
     Raises :class:`DatasetError` (one line, with the URL and what to do) on any failure, and
-    ``FileExistsError`` when the dataset is already there and not ``force``.
+    :class:`DatasetExistsError` when the dataset is already there and not ``force``.
     """
     if name not in OFFICIAL:
         raise DatasetError(f"unknown dataset {name!r}; choose from {', '.join(OFFICIAL)}")
@@ -241,8 +250,8 @@ def download_dataset(
     if entry.manual:
         raise DatasetError(entry.manual.format(root=root))
     if target.exists() and not force:
-        raise FileExistsError(f"{target} already exists (use --force to download it again)")
-    root.mkdir(parents=True, exist_ok=True)
+        raise DatasetExistsError(f"{target} already exists (use --force to download it again)")
+    make_root(root)
     url, zip_path = dataset_url(name), root / f"{name}.zip"
     try:
         if not zip_path.exists():
@@ -270,8 +279,23 @@ def download_dataset(
     except DatasetError:
         zip_path.unlink(missing_ok=True)  # a bad archive must not be reused by the next run
         raise
+    except OSError as e:  # disk full, permissions: the zip is fine, keep it for the next run
+        raise DatasetError(
+            f"{root}: cannot unpack {zip_path.name} ({e.strerror or e}); free some space and "
+            "run again (the downloaded zip is kept)"
+        ) from None
     zip_path.unlink(missing_ok=True)
     return target
+
+
+def make_root(root: Path) -> None:
+    """Create the datasets folder; a file in the way or no permission is a one-line error."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"--root {root}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise DatasetError(f"--root {root}: folder is not writable")
 
 
 def replace_dir(new: Path, target: Path) -> None:

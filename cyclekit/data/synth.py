@@ -24,7 +24,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cyclekit.data.images import decode_image, list_images
-from cyclekit.data.official import replace_dir
+from cyclekit.data.official import DatasetError, DatasetExistsError, make_root, replace_dir
+
+# Up front limits: a typo (--size 100000) would otherwise ask for hundreds of GB in one array.
+MAX_SIZE = 1024  # image side; each image is drawn at 2x this before the box filter
+MAX_IMAGES = 100_000  # per split
 
 # Shapes are drawn at SS x the output size and box-filtered down: smooth, anti-aliased edges.
 SS = 2
@@ -233,24 +237,44 @@ def make_synthetic(
     size: int = 64,
     seed: int = 0,
     force: bool = False,
+    made_by: str | None = None,
 ) -> Path:
     """Write ``root/name/{trainA,trainB,testA,testB,testA_gt,testB_gt}`` and return that folder.
 
     ``testA_gt/X.png`` is the B-style rendering of the scene in ``testA/X.png`` (and
-    ``testB_gt/`` the A-style one of ``testB/``). The folder is built beside the target and
-    renamed into place at the end; an existing target is an error unless ``force``.
+    ``testB_gt/`` the A-style one of ``testB/``); ``made_by`` is recorded in synth.json. The
+    folder is built beside the target and renamed into place at the end; an existing target is
+    an error unless ``force``. Bad arguments, a full disk or an unwritable ``root`` raise
+    :class:`DatasetError`.
     """
     if name not in SYNTH_TASKS:
-        raise ValueError(f"unknown synthetic task {name!r}; choose from {', '.join(SYNTH_TASKS)}")
-    if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
+        raise DatasetError(f"unknown synthetic task {name!r}; choose from {', '.join(SYNTH_TASKS)}")
+    if not 16 <= size <= MAX_SIZE:
+        raise DatasetError(f"--size must be 16 to {MAX_SIZE} pixels, got {size}")
     if n_train < 1 or n_test < 1:
-        raise ValueError(f"need at least one train and one test image (got {n_train}, {n_test})")
+        raise DatasetError(
+            f"need at least one train and one test image (got --n {n_train}, --n-test {n_test})"
+        )
+    if max(n_train, n_test) > MAX_IMAGES:
+        raise DatasetError(
+            f"--n and --n-test are limited to {MAX_IMAGES:,} images per folder "
+            f"(got {n_train:,}, {n_test:,})"
+        )
+    if not 0 <= seed < 2**63:
+        raise DatasetError(f"--seed must be a non-negative integer below 2**63, got {seed}")
     root, task = Path(root), SYNTH_TASKS[name]
     target = root / name
     if target.exists() and not force:
-        raise FileExistsError(f"{target} already exists (use --force to replace it)")
-    root.mkdir(parents=True, exist_ok=True)
+        raise DatasetExistsError(f"{target} already exists (use --force to replace it)")
+    make_root(root)
+    # PNGs of these pictures are far smaller than raw pixels; raw is the safe upper bound.
+    need = (2 * n_train + 4 * n_test) * (3 * size * size + 1024)
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise DatasetError(
+            f"--root {root}: {2 * n_train + 4 * n_test:,} images of {size}x{size} may need up "
+            f"to {need / 2**20:,.0f} MiB, but only {free / 2**20:,.0f} MiB are free"
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
         for sub in (*SPLITS, "testA_gt", "testB_gt"):
@@ -266,8 +290,13 @@ def make_synthetic(
                     _save_png(other, tmp / f"{split}_gt" / f"{i:05d}.png")
         meta = dict(task=name, description=task.description, n_train=n_train, n_test=n_test)
         meta.update(size=size, seed=seed)
+        if made_by:
+            meta["made_by"] = made_by  # lets that tool know the folder is its own to replace
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(tmp, target)
+    except OSError as e:  # disk full, permissions: name the folder, leave nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DatasetError(f"--root {root}: cannot write {name} ({e.strerror or e})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -296,8 +325,8 @@ def folder_psnr(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> float
     for g in list_images(gt_dir):
         key = g.relative_to(gt_dir).with_suffix("").as_posix()
         if key not in preds:
-            raise FileNotFoundError(f"{pred_dir}: no image for ground truth {g.name}")
+            raise DatasetError(f"{pred_dir}: no image for ground truth {g.name}")
         scores.append(psnr(decode_image(preds[key]).pixels, decode_image(g).pixels))
     if not scores:
-        raise FileNotFoundError(f"{gt_dir}: no ground-truth images")
+        raise DatasetError(f"{gt_dir}: no ground-truth images")
     return float(np.mean(scores))

@@ -45,7 +45,8 @@ def needs_upscale(w: int, h: int, preprocess: str, load_size: int, crop_size: in
     return min(rw, rh) < crop_size
 
 
-def _resize(pixels: np.ndarray, w: int, h: int) -> np.ndarray:
+def _resize_wh(pixels: np.ndarray, w: int, h: int) -> np.ndarray:
+    """(H, W, C) -> (h, w, C); arguments in Pillow's (width, height) order."""
     if (pixels.shape[1], pixels.shape[0]) == (w, h):
         return pixels
     shrink = w < pixels.shape[1] and h < pixels.shape[0]
@@ -56,8 +57,8 @@ def _resize(pixels: np.ndarray, w: int, h: int) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
-def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """(H, W, C) uint8 -> (C, H, W) float32 in [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
+def image_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """One (H, W, C) uint8 image -> (C, H, W) float32 in [-1, 1] (ToTensor + Normalize(0.5))."""
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
@@ -92,15 +93,15 @@ class TrainTransform:
                 max(self.crop_size, math.ceil(rw * scale)),
                 max(self.crop_size, math.ceil(rh * scale)),
             )
-        pixels = _resize(pixels, rw, rh)
+        pixels = _resize_wh(pixels, rw, rh)
         if self.random is not None:
             self.random.set_random_seed(seed)
             pixels = self.random(image=pixels)["image"]
         if not self.crop:
-            pixels = _resize(pixels, _round_to(rw, self.multiple), _round_to(rh, self.multiple))
+            pixels = _resize_wh(pixels, _round_to(rw, self.multiple), _round_to(rh, self.multiple))
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
-        return to_tensor(pixels)
+        return image_to_tensor(pixels)
 
 
 def eval_transform(pixels: np.ndarray, side: int, multiple: int = 4) -> torch.Tensor:
@@ -108,8 +109,8 @@ def eval_transform(pixels: np.ndarray, side: int, multiple: int = 4) -> torch.Te
     h, w = pixels.shape[:2]
     scale = side / min(h, w)
     rw, rh = max(side, round(w * scale)), max(side, round(h * scale))
-    pixels = _resize(pixels, rw, rh)
+    pixels = _resize_wh(pixels, rw, rh)
     top, left = (rh - side) // 2, (rw - side) // 2
     pixels = pixels[top : top + side, left : left + side]
     side_m = _round_to(side, multiple)
-    return to_tensor(_resize(pixels, side_m, side_m))
+    return image_to_tensor(_resize_wh(pixels, side_m, side_m))

@@ -8,6 +8,7 @@ position when a run resumes mid-epoch.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,11 +44,22 @@ def _upright_size(img: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+def _too_large(path: Path, e: Exception) -> str:
+    # Pillow: "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb..."
+    found = re.findall(r"\d+", str(e))
+    size = f"{int(found[0]):,} pixels, " if found else ""
+    return (
+        f"{path}: image too large to decode safely ({size}over Pillow's limit of "
+        f"{Image.MAX_IMAGE_PIXELS:,}); downscale it to train on it"
+    )
+
+
 def scan_domain(name: str, root: str | Path) -> Domain:
     """List a domain's images and read their headers; unreadable files are set aside.
 
     Only headers are read (fast on big folders); files that break later, mid-decode, are
-    skipped then.
+    skipped then. Images over Pillow's decompression-bomb limit are set aside too: decoding
+    one would take gigabytes for a training crop of a few hundred pixels.
     """
     root = Path(root)
     if not root.is_dir():
@@ -57,10 +69,16 @@ def scan_domain(name: str, root: str | Path) -> Domain:
         try:
             if path.stat().st_size == 0:
                 raise ImageDecodeError(f"{path}: file is empty")
-            with Image.open(path) as img:
-                size = _upright_size(img)
+            with warnings.catch_warnings():
+                # Between 1x and 2x the limit Pillow only warns; treat both alike.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    size = _upright_size(img)
         except ImageDecodeError as e:
             bad.append(str(e))
+            continue
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            bad.append(_too_large(path, e))
             continue
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else e
@@ -134,10 +152,15 @@ class UnpairedDataset(Dataset):
         for attempt in range(n):
             path = domain.files[(index + attempt) % n]
             try:
-                pixels = decode_image(path, channels=self.channels[which]).pixels
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    pixels = decode_image(path, channels=self.channels[which]).pixels
             except ImageDecodeError as e:
                 # Deterministic fallback: the next file. Reported once per worker process.
                 warnings.warn(f"skipping {e}", stacklevel=2)
+                continue
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                warnings.warn(f"skipping {_too_large(path, e)}", stacklevel=2)
                 continue
             return self.transform(pixels, seed + which)
         raise DataError(f"domain {domain.name}: no image in {domain.root} could be decoded")
