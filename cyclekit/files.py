@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-from cyclekit.errors import CyclekitError
+from cyclekit.errors import CyclekitError, UsageError
 
 FORMAT_VERSION = 1
 
@@ -101,10 +101,10 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         if "Unsupported global" in text:
             why = "it holds Python objects other than tensors, which cyclekit never loads"
         elif "zip archive" in text or "central directory" in text:
-            why = "truncated or damaged PyTorch file"
+            why = "truncated or damaged"
         else:
-            why = "not a PyTorch checkpoint"
-        raise CheckpointError(f"{path}: cannot load as a checkpoint: {why}") from None
+            why = "not a PyTorch file"
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({why})") from None
 
 
 def cache_dir(*parts: str) -> Path:
@@ -114,3 +114,63 @@ def cache_dir(*parts: str) -> Path:
     else:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cyclekit"
     return root.joinpath(*parts)
+
+
+# -- never replacing what is not ours ------------------------------------------------------------
+
+
+class OverwriteError(UsageError):
+    """An output name that would replace an input or a file cyclekit did not write."""
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name one file: same resolved path, or (both existing) the same
+    inode, which also catches hard links and case-insensitive file systems (IMG.jpg = img.JPG)."""
+    if os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b)):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def refuse_overwrite(
+    target: str | os.PathLike,
+    flag: str,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    suffixes: Sequence[str] = (),
+    is_own: Callable[[Path], bool] | None = None,
+    own_kind: str = "a file cyclekit wrote",
+) -> Path:
+    """Check, before anything is written, that writing ``target`` loses nothing of the user's.
+
+    Raises :class:`OverwriteError` (one line naming ``flag`` and ``target``) when ``target``
+
+    - is an existing folder;
+    - does not end in one of ``suffixes`` (when given; any letter case), e.g. a report
+      named ``IMG_1.jpg`` because its name was forgotten on the command line;
+    - is the same file as one of ``inputs`` (also through links; inputs need not exist);
+    - already exists and ``is_own(target)`` is not true, i.e. it is not an earlier output of
+      the same kind (``own_kind`` describes that kind in the message). Without ``is_own`` any
+      existing file is refused.
+
+    Returns ``Path(target)``. Callers: translate's ``--report`` and ``--gallery``, ``export -o``;
+    meant for every command that writes a file the user names.
+    """
+    target = Path(target)
+    if target.is_dir():
+        raise OverwriteError(f"{flag} {target}: is a folder; give a file name")
+    if suffixes and target.suffix.lower() not in {s.lower() for s in suffixes}:
+        raise OverwriteError(f"{flag} {target}: expected a name ending in {' or '.join(suffixes)}")
+    for item in inputs:
+        if same_file(target, item):
+            raise OverwriteError(
+                f"{flag} {target}: is also an input ({item}); choose another name"
+            )
+    if (target.exists() or target.is_symlink()) and not (is_own is not None and is_own(target)):
+        raise OverwriteError(
+            f"{flag} {target}: already exists and is not {own_kind}, so it is not replaced; "
+            "choose another name or move it away"
+        )
+    return target

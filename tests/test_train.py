@@ -12,7 +12,8 @@ from cyclekit.files import CheckpointError, safe_load
 from cyclekit.generator_io import load_generator
 from cyclekit.training.config import ConfigError, TrainConfig
 from cyclekit.training.cyclegan import build_cyclegan, train_step
-from cyclekit.training.loop import lr_factor, train
+from cyclekit.training.loop import train
+from cyclekit.training.run import lr_factor
 from tests.helpers import make_image_tree, tiny_config
 
 
@@ -56,7 +57,7 @@ def test_generator_update_sees_frozen_discriminators_then_d_update_follows():
     assert all(
         g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in seen["D_grads"]
     )
-    assert losses["idt_a"] > 0 and losses["gp_a"] == 0
+    assert losses["idt_a"] > 0 and "gp_a" not in losses  # no penalty term outside wgangp
     assert losses["G"] == pytest.approx(
         sum(losses[k] for k in ("G_ab", "G_ba", "cycle_a", "cycle_b", "idt_a", "idt_b")).item(),
         rel=1e-5,

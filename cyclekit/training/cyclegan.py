@@ -21,6 +21,7 @@ from cyclekit.training.config import TrainConfig
 from cyclekit.training.distributed import unwrap
 from cyclekit.training.image_pool import ImagePool
 from cyclekit.training.losses import discriminator_adv_loss, generator_adv_loss, gradient_penalty
+from cyclekit.training.rng import rng_state, set_rng_state
 
 LOSS_NAMES = (
     "G_ab", "G_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "G", "D_a", "D_b", "gp_a", "gp_b",
@@ -48,8 +49,58 @@ class CycleGAN:
     pool_b: ImagePool  # G_ab's fakes (domain B), fed to D_b
     gp_generator: torch.Generator  # WGAN-GP interpolation weights
 
+    cfg: TrainConfig
+    specs: dict[str, dict[str, Any]]
+
+    # What the shared run calls (the interface is described in cyclekit.training.model).
+    summary_names = ("G", "D_a", "D_b", "cycle_a", "cycle_b")
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        # The penalty exists only for wgangp: other modes must not log a flat 0 as a loss.
+        return LOSS_NAMES if self.cfg.gan_mode == "wgangp" else LOSS_NAMES[:-2]
+
     def networks(self) -> dict[str, nn.Module]:
         return {"G_ab": self.G_ab, "G_ba": self.G_ba, "D_a": self.D_a, "D_b": self.D_b}
+
+    def wrap_networks(self, fn: Callable[[str, nn.Module], nn.Module]) -> None:
+        for name, net in self.networks().items():
+            setattr(self, name, fn(name, net))
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"G": self.opt_G, "D": self.opt_D}
+
+    def train_step(
+        self,
+        batch: dict[str, torch.Tensor],
+        autocast: Callable[[], Any],
+        scaler: torch.amp.GradScaler,
+    ) -> dict[str, torch.Tensor]:
+        return train_step(self, batch["a"], batch["b"], self.cfg, autocast, scaler)
+
+    def sample(
+        self, real_a: torch.Tensor, real_b: torch.Tensor, autocast: Callable[[], Any]
+    ) -> dict[str, torch.Tensor]:
+        return translate_samples(self, real_a, real_b, autocast)
+
+    def generators(self) -> dict[str, tuple[nn.Module, dict[str, Any], str]]:
+        return {
+            "G_ab": (unwrap(self.G_ab), self.specs["G_ab"], "a2b"),
+            "G_ba": (unwrap(self.G_ba), self.specs["G_ba"], "b2a"),
+        }
+
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: the pools and the random streams."""
+        return {
+            "pools": {"a": self.pool_a.state_dict(), "b": self.pool_b.state_dict()},
+            "rng": rng_state() | {"gp": self.gp_generator.get_state()},
+        }
+
+    def load_rank_state(self, state: dict[str, Any], device: torch.device) -> None:
+        self.pool_a.load_state_dict(state["pools"]["a"], device)
+        self.pool_b.load_state_dict(state["pools"]["b"], device)
+        self.gp_generator.set_state(state["rng"]["gp"])
+        set_rng_state(state["rng"])
 
 
 def build_cyclegan(cfg: TrainConfig, device: torch.device, rank: int = 0) -> CycleGAN:
@@ -82,6 +133,8 @@ def build_cyclegan(cfg: TrainConfig, device: torch.device, rank: int = 0) -> Cyc
         pool_a=ImagePool(cfg.pool_size, seed=cfg.seed + 1 + 100 * rank),
         pool_b=ImagePool(cfg.pool_size, seed=cfg.seed + 2 + 100 * rank),
         gp_generator=torch.Generator().manual_seed(cfg.seed + 3 + 100 * rank),
+        cfg=cfg,
+        specs=specs,
     )
 
 
@@ -153,8 +206,9 @@ def train_step(
     losses = {
         "G_ab": loss_G_ab, "G_ba": loss_G_ba, "cycle_a": loss_cycle_a, "cycle_b": loss_cycle_b,
         "idt_a": loss_idt_a, "idt_b": loss_idt_b, "G": loss_G, "D_a": loss_D_a, "D_b": loss_D_b,
-        "gp_a": gp_a, "gp_b": gp_b,
     }  # fmt: skip
+    if cfg.gan_mode == "wgangp":
+        losses |= {"gp_a": gp_a, "gp_b": gp_b}
     return {k: v.detach().float() for k, v in losses.items()}
 
 

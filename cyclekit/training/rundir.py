@@ -8,6 +8,7 @@ Used by ``cyclekit train`` and the MNIST baselines alike, so the safeguards are 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -36,8 +37,11 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / ".lock"
         self._fd: int | None = None
+        self._made_dir = False
 
     def acquire(self) -> RunLock:
+        # A folder made only to hold the lock is removed again if the run never starts.
+        self._made_dir = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -60,9 +64,15 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
+        if self._fd is None:
+            return
+        if self._made_dir and [p.name for p in self.run_dir.iterdir()] == [".lock"]:
+            # Nothing was written (e.g. a bad flag stopped the run): leave no empty folder.
+            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
+        os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -107,17 +117,23 @@ def resolve_resume(run_dir: Path, resume: str | None, log: bool = True) -> Path 
     return path
 
 
-def check_checkpoint_format(state: Any, path: Path, fmt: str, version: int) -> dict[str, Any]:
-    """A loaded checkpoint must be a dict of format ``fmt`` at a version we can read."""
+def check_checkpoint_format(
+    state: Any, path: Path, fmt: str, version: int, what: str | None = None
+) -> dict[str, Any]:
+    """A loaded checkpoint must be a dict of format ``fmt`` at a version we can read.
+
+    ``what`` names the expected kind in the message (default: the format's name).
+    """
+    what = what or f"{fmt} checkpoint"
     if not isinstance(state, dict) or state.get("format") != fmt:
         found = state.get("format") if isinstance(state, dict) else None
-        what = f"a {found} checkpoint" if isinstance(found, str) else "not a cyclekit checkpoint"
-        raise CheckpointError(f"{path}: {what}, expected {fmt}")
+        seen = f" (it is a {found} file)" if isinstance(found, str) else ""
+        raise CheckpointError(f"{path}: not a {what}{seen}")
     found_version = state.get("format_version")
     if not isinstance(found_version, int) or found_version > version:
         raise CheckpointError(
             f"{path}: format version {found_version!r} is newer than this cyclekit "
-            f"reads ({version})"
+            f"reads ({version}); upgrade cyclekit"
         )
     return state
 

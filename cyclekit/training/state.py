@@ -3,48 +3,16 @@ so that ``torch.load(weights_only=True)`` can read it back."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cyclekit.files import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
 from cyclekit.generator_io import TRAIN_FORMAT
-from cyclekit.training.cyclegan import CycleGAN
 from cyclekit.training.distributed import unwrap
-
-
-def rng_state() -> dict[str, Any]:
-    """Global RNG states (torch, CUDA, numpy, python) in weights_only-safe types."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "python": [version, list(py_state), gauss],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        # This process's device only: a resume may see fewer GPUs than the saving run did.
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached"]))
-    version, py_state, gauss = state["python"]
-    random.setstate((version, tuple(py_state), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+from cyclekit.training.model import TrainModel
+from cyclekit.training.rundir import check_checkpoint_format
 
 
 def _cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -53,7 +21,7 @@ def _cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-def models_payload(m: CycleGAN, config: dict, specs: dict) -> dict[str, Any]:
+def models_payload(m: TrainModel, config: dict, specs: dict) -> dict[str, Any]:
     """The four networks and what is needed to rebuild them (an epoch checkpoint)."""
     return {
         "format": TRAIN_FORMAT,
@@ -64,17 +32,9 @@ def models_payload(m: CycleGAN, config: dict, specs: dict) -> dict[str, Any]:
     }
 
 
-def rank_state(m: CycleGAN) -> dict[str, Any]:
-    """What differs between ranks: the pools and the random streams."""
-    return {
-        "pools": {"a": m.pool_a.state_dict(), "b": m.pool_b.state_dict()},
-        "rng": rng_state() | {"gp": m.gp_generator.get_state()},
-    }
-
-
 def save_train_state(
     path: Path,
-    m: CycleGAN,
+    m: TrainModel,
     schedule: dict[str, Any],
     scaler: torch.amp.GradScaler,
     config: dict,
@@ -90,9 +50,9 @@ def save_train_state(
     Data order needs no saved state: it is a pure function of (seed, epoch, epoch_step).
     """
     payload = models_payload(m, config, specs)
-    rank_states = rank_states or [rank_state(m)]
+    rank_states = rank_states or [m.rank_state()]
     payload |= {
-        "optimizers": {"G": m.opt_G.state_dict(), "D": m.opt_D.state_dict()},
+        "optimizers": {name: opt.state_dict() for name, opt in m.optimizers().items()},
         "schedulers": dict(schedule),  # the LR is a function of (epoch, epoch_step)
         "scaler": scaler.state_dict(),
         # Rank 0's pools and RNGs at the top level (what a single process resumes from);
@@ -109,12 +69,9 @@ def save_train_state(
 
 def load_train_state(path: Path) -> dict[str, Any]:
     """Read and sanity-check a ``last.pt`` (CPU tensors)."""
-    state = safe_load(path)
-    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
-        raise CheckpointError(f"{path}: not a cyclekit training checkpoint")
-    version = state.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {version!r} is newer than this cyclekit")
+    state = check_checkpoint_format(
+        safe_load(path), path, TRAIN_FORMAT, FORMAT_VERSION, "cyclekit training checkpoint"
+    )
     if not {"models", "config", "specs"} <= set(state):
         raise CheckpointError(f"{path}: training checkpoint is incomplete (no models/config)")
     missing = {"optimizers", "schedulers", "pools", "rng", "step"} - set(state)
@@ -128,7 +85,7 @@ def load_train_state(path: Path) -> dict[str, Any]:
 
 def restore_train_state(
     state: dict[str, Any],
-    m: CycleGAN,
+    m: TrainModel,
     scaler: torch.amp.GradScaler,
     device: torch.device,
     rank: int = 0,
@@ -148,12 +105,9 @@ def restore_train_state(
         mine = None
     for name, net in m.networks().items():
         net.load_state_dict(state["models"][name])
-    m.opt_G.load_state_dict(state["optimizers"]["G"])
-    m.opt_D.load_state_dict(state["optimizers"]["D"])
+    for name, opt in m.optimizers().items():
+        opt.load_state_dict(state["optimizers"][name])
     if state["scaler"] and scaler.is_enabled():  # a disabled (fp32/bf16) scaler saved {}
         scaler.load_state_dict(state["scaler"])
     if mine is not None:
-        m.pool_a.load_state_dict(mine["pools"]["a"], device)
-        m.pool_b.load_state_dict(mine["pools"]["b"], device)
-        m.gp_generator.set_state(mine["rng"]["gp"])
-        set_rng_state(mine["rng"])
+        m.load_rank_state(mine, device)
