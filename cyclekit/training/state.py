@@ -58,6 +58,7 @@ def save_train_state(
         # Rank 0's pools and RNGs at the top level (what a single process resumes from);
         # under torch.distributed every rank's, so the same world size resumes exactly.
         **rank_states[0],
+        "rank_state_keys": list(rank_states[0]),
         "rank_states": rank_states if len(rank_states) > 1 else None,
         "step": step,
         "epoch": epoch,
@@ -67,6 +68,12 @@ def save_train_state(
     return atomic_save(payload, path)
 
 
+def _rank_keys(state: dict[str, Any]) -> list[str]:
+    # Rank 0's per-rank state sits at the top level; checkpoints from before the model
+    # interface did not list its keys (CycleGAN's were always these two).
+    return list(state.get("rank_state_keys") or ["pools", "rng"])
+
+
 def load_train_state(path: Path) -> dict[str, Any]:
     """Read and sanity-check a ``last.pt`` (CPU tensors)."""
     state = check_checkpoint_format(
@@ -74,7 +81,7 @@ def load_train_state(path: Path) -> dict[str, Any]:
     )
     if not {"models", "config", "specs"} <= set(state):
         raise CheckpointError(f"{path}: training checkpoint is incomplete (no models/config)")
-    missing = {"optimizers", "schedulers", "pools", "rng", "step"} - set(state)
+    missing = {"optimizers", "schedulers", "step", *_rank_keys(state)} - set(state)
     if missing:
         raise CheckpointError(
             f"{path}: holds networks only (an epoch checkpoint?), cannot resume from it; "
@@ -100,7 +107,7 @@ def restore_train_state(
     if per_rank and len(per_rank) == world_size:
         mine = per_rank[rank]
     elif rank == 0:
-        mine = {"pools": state["pools"], "rng": state["rng"]}
+        mine = {key: state[key] for key in _rank_keys(state)}
     else:
         mine = None
     for name, net in m.networks().items():
