@@ -48,3 +48,12 @@ def _offline_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / ".wandb-cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads() -> None:
+    # Set once for the whole suite: tests use tiny models, for which a second thread mostly
+    # adds synchronisation cost, and CI shares 2 cores with the data loaders.
+    import torch
+
+    torch.set_num_threads(1)
