@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
 from cyclekit.cli import main
 from cyclekit.files import safe_load
+from cyclekit.training import tracking
+from cyclekit.training.config import ConfigError, TrainConfig, load_yaml_config
 from tests.helpers import TINY_TRAIN_FLAGS, make_image_tree
 from tests.wandb_reader import config_keys, history, wait_until_complete
 
@@ -20,6 +27,37 @@ TINY = TINY_TRAIN_FLAGS
 
 def run(args, **kw):
     return CliRunner().invoke(main, args, catch_exceptions=False, **kw)
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Stand in for the trainer: the command's parsing and checks run, no model is built.
+
+    Returns the list of configs the command would have trained.
+    """
+    calls = []
+
+    def train(cfg, resume=None, explicit=None, progress=True, overwrite=False):
+        calls.append(types.SimpleNamespace(cfg=cfg, resume=resume, explicit=explicit))
+        return types.SimpleNamespace(
+            run_dir=cfg.run_dir, ranks_in_sync=None, is_main=True, interrupted=False,
+            finished=True, step=0,
+        )  # fmt: skip
+
+    module = types.ModuleType("cyclekit.training.loop")
+    module.train = train
+    monkeypatch.setitem(sys.modules, "cyclekit.training.loop", module)
+    return calls
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def no_traceback(r) -> bool:
+    return r.exception is None or isinstance(r.exception, SystemExit)
 
 
 def test_importing_the_cli_is_light():
@@ -106,7 +144,15 @@ def test_user_errors_are_one_line_and_name_the_flag(tmp_path):
             "needs sides >= 24",
         ),
         (["train"], "give --data"),
-        (["train", "--data", str(tmp_path / "nope"), "--name", "x"], "folder does not exist"),
+        (
+            ["train", "--data", str(tmp_path / "nope"), "--name", "x", "--device", "cpu"],
+            f"--data {tmp_path / 'nope'}: folder does not exist",
+        ),
+        (
+            ["train", "--data-a", str(tmp_path / "nope"), "--data-b", str(data / "trainB")]
+            + ["--checkpoints-dir", str(tmp_path / "ck"), "--device", "cpu"],
+            f"--data-a {tmp_path / 'nope'}: folder does not exist",
+        ),
         (
             ["train", "--data", str(tmp_path), "--checkpoints-dir", str(tmp_path / "ck")],
             "missing trainA/",
@@ -116,7 +162,9 @@ def test_user_errors_are_one_line_and_name_the_flag(tmp_path):
         r = CliRunner().invoke(main, args)
         assert r.exit_code != 0, args
         assert message in r.output, (args, r.output)
-        assert "Traceback" not in r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit), (args, r.exception)
+        errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1, (args, r.output)
 
 
 def test_uncropped_sizes_are_checked_up_front(tmp_path):
@@ -376,3 +424,274 @@ def test_resume_drops_the_step_limit_and_can_switch_data_source(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "done: step 10" in r.output  # 5 steps x (1 + 1) epochs: ran to the end
+
+
+# ------------------------------------------------------------------------------------------------
+# Flag types (click 8.1 and later), the device flag, YAML types
+
+
+def test_channel_flags_are_ints_on_every_click(tmp_path, fake_train):
+    data = make_image_tree(tmp_path / "data")
+    base = ["train", "--data", str(data), "--checkpoints-dir", str(tmp_path / "ck")]
+    assert run(base).exit_code == 0
+    assert fake_train[-1].cfg.input_nc == 3 and fake_train[-1].cfg.output_nc == 3
+    r = run([*base, "--input-nc", "1", "--output-nc", "1"])
+    cfg = fake_train[-1].cfg
+    assert r.exit_code == 0 and (cfg.input_nc, cfg.output_nc) == (1, 1)
+    assert isinstance(cfg.input_nc, int)
+    r = CliRunner().invoke(main, [*base, "--input-nc", "2"])
+    assert (
+        r.exit_code == 2
+        and "--input-nc" in r.output
+        and "'2' is not 1 (grayscale) or 3" in r.output
+    )
+    assert len(fake_train) == 2
+
+
+def test_device_and_choice_flags_take_any_case(tmp_path, fake_train):
+    data = make_image_tree(tmp_path / "data")
+    base = ["train", "--data", str(data), "--checkpoints-dir", str(tmp_path / "ck")]
+    flags = ["--device", "CUDA:1", "--norm", "BATCH", "--precision", "BF16", "--gan-mode"]
+    flags += ["Hinge", "--wandb-mode", "Disabled", "--netG", "UNET_256"]
+    r = run([*base, *flags])
+    assert r.exit_code == 0, r.output
+    cfg = fake_train[-1].cfg
+    assert (cfg.device, cfg.norm, cfg.precision) == ("cuda:1", "batch", "bf16")
+    assert cfg.gan_mode == "hinge"
+    assert (cfg.wandb_mode, cfg.netG) == ("disabled", "unet_256")
+    for bad in ("gpu", "cuda:x", "cuda1"):
+        r = CliRunner().invoke(main, [*base, "--device", bad])
+        assert r.exit_code == 2 and "--device" in r.output and no_traceback(r), bad
+    assert len(fake_train) == 1
+
+
+def test_yaml_values_are_coerced_when_unambiguous(tmp_path, fake_train):
+    data = make_image_tree(tmp_path / "data")
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(
+        f"data: {data}\ncrop_size: 32.0\nload-size: '36'\nlr: 2e-4\nbatch_size: '4'\n"
+        "no_flip: 'no'\ndropout: yes\ncompile: 'True'\ntags: solo\nname: 2024\n"
+        "max_minutes: 1\nnetG: ResNet_6Blocks\ndevice: CPU\nmax-steps: 1e3\n"
+    )
+    r = run(["train", "--config", str(cfg_file), "--checkpoints-dir", str(tmp_path / "ck")])
+    assert r.exit_code == 0, r.output
+    cfg = fake_train[-1].cfg
+    assert cfg.crop_size == 32 and type(cfg.crop_size) is int and cfg.load_size == 36
+    assert cfg.lr == 2e-4 and type(cfg.lr) is float and cfg.batch_size == 4
+    assert cfg.no_flip is False and cfg.dropout is True and cfg.compile is True
+    assert cfg.tags == ["solo"] and cfg.name == "2024" and cfg.max_minutes == 1.0
+    assert (cfg.netG, cfg.device, cfg.max_steps) == ("resnet_6blocks", "cpu", 1000)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("crop_size: 32.5", "crop_size: 32.5 is not an integer"),
+        ("batch_size: four", "batch_size: 'four' is not an integer"),
+        ("batch_size: true", "batch_size: True is not an integer"),
+        ("lr: fast", "lr: 'fast' is not a number"),
+        ("no_flip: 'maybe'", "no_flip: 'maybe' is not true or false"),
+        ("no_flip: 1", "no_flip: 1 is not true or false"),
+        ("name: [a, b]", "name: ['a', 'b'] is not a string"),
+        ("name: null", "name: None is not a string"),
+        ("tags: {a: 1}", "tags: {'a': 1} is not a list of strings"),
+        ("crop_size: 32\ncrop-size: 64", "setting 'crop_size' is given twice"),
+        ("crop_sise: 32", "unknown setting 'crop_sise'"),
+        ("- crop_size", "a config file must be a mapping"),
+        ("crop_size: [", "cannot read config"),
+    ],
+)
+def test_yaml_values_of_the_wrong_type_are_refused_naming_key_value_and_type(
+    tmp_path, fake_train, line, message
+):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(line + "\n")
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg_file), "--data", str(tmp_path)])
+    assert r.exit_code == 1 and no_traceback(r), r.output
+    errors = [x for x in r.output.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and str(cfg_file) in errors[0] and message in errors[0], r.output
+    assert fake_train == []
+
+
+def test_a_binary_config_file_is_one_line(tmp_path):
+    cfg_file = tmp_path / "photo.yaml"
+    cfg_file.write_bytes(b"\xff\xd8\xff\xe0 not text")
+    with pytest.raises(ConfigError, match="photo.yaml: cannot read config .not a UTF-8 text"):
+        load_yaml_config(cfg_file)
+
+
+def test_resumed_configs_are_type_checked_too():
+    cfg = TrainConfig.from_dict({"data": "d", "crop_size": 32.0, "lr": "1e-3", "no-flip": "off"})
+    assert (cfg.crop_size, cfg.lr, cfg.no_flip) == (32, 1e-3, False)
+    with pytest.raises(ConfigError, match="checkpoint config: ngf: '8x' is not an integer"):
+        TrainConfig.from_dict({"data": "d", "ngf": "8x"}, "checkpoint config")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--load-size", "100000"], "--load-size 100000 is too large (at most 8192)"),
+        (["--ngf", "100000"], "--ngf 100000 is too large"),
+        (["--netD", "n_layers", "--n-layers-D", "40"], "--n-layers-D 40 is too large"),
+        (["--seed", str(2**40)], "--seed 1099511627776 is too large"),
+        (["--max-minutes", "nan"], "--max-minutes must be a finite number"),
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--beta1", "1"], "--beta1 must be in [0, 1)"),
+        (["--name", ""], "--name '' must be a plain folder name"),
+        (["--name", "../up"], "--name '../up' must be a plain folder name"),
+        (["--data-a", "x"], "--data-b is missing"),
+    ],
+)
+def test_values_that_would_crash_or_escape_are_refused_up_front(
+    tmp_path, fake_train, flags, message
+):
+    data = make_image_tree(tmp_path / "data")
+    base = ["train", "--checkpoints-dir", str(tmp_path / "ck")]
+    if "--data-a" not in flags:
+        base += ["--data", str(data)]
+    r = CliRunner().invoke(main, [*base, *flags])
+    assert r.exit_code == 1 and no_traceback(r) and message in r.output, r.output
+    assert r.output.count("\n") == 1 and fake_train == [] and not (tmp_path / "ck").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Resume, and checks made before anything is written
+
+
+def test_resume_takes_the_data_from_the_checkpoint(tmp_path):
+    data = make_image_tree(tmp_path / "data")
+    ck = str(tmp_path / "ck")
+    first = ["train", "--data", str(data), "--name", "r", "--checkpoints-dir", ck, "--max-steps"]
+    assert run([*first, "1", "--wandb-mode", "disabled", *TINY]).exit_code == 0
+    r = run(["train", "--name", "r", "--checkpoints-dir", ck, "--resume", "auto", "--max-steps"]
+            + ["2", "--no-progress", "--num-workers", "0"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "resuming" in r.output and safe_load(tmp_path / "ck" / "r" / "last.pt")["step"] == 2
+    assert yaml.safe_load((tmp_path / "ck" / "r" / "config.yaml").read_text())["data"] == str(data)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--resume", "auto", "--overwrite"], "give only one"),
+        (["--resume", "atuo"], "--resume atuo: no such file (give auto or a last.pt path)"),
+        (["--checkpoints-dir", "FILE/sub"], "FILE is a file, not a folder"),
+    ],
+)
+def test_preflight_errors_come_before_anything_is_written(tmp_path, fake_train, flags, message):
+    data = make_image_tree(tmp_path / "data")
+    (tmp_path / "FILE").write_text("mine")
+    flags = [f.replace("FILE", str(tmp_path / "FILE")) for f in flags]
+    message = message.replace("FILE", str(tmp_path / "FILE"))
+    r = CliRunner().invoke(main, ["train", "--data", str(data), *flags])
+    assert r.exit_code == 1 and no_traceback(r) and message in r.output, r.output
+    assert r.output.count("\n") == 1 and fake_train == []
+    assert (tmp_path / "FILE").read_text() == "mine"
+
+
+def test_wgangp_under_torchrun_is_refused_before_training(tmp_path, fake_train, monkeypatch):
+    from cyclekit.training.prepare import check_distributed_config
+
+    cfg = TrainConfig(data="d", gan_mode="wgangp")
+    check_distributed_config(cfg, 1)  # one process: fine
+    check_distributed_config(TrainConfig(data="d"), 4)  # other modes: fine
+    with pytest.raises(ConfigError, match="--gan-mode wgangp does not work with torchrun"):
+        check_distributed_config(cfg, 2)
+    data = make_image_tree(tmp_path / "data")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--gan-mode", "wgangp"])
+    assert r.exit_code == 1 and "double backward" in r.output and fake_train == []
+
+
+# ------------------------------------------------------------------------------------------------
+# W&B: never on the network in tests; unreachable hosts are closed local ports
+
+
+@pytest.fixture
+def wandb_env(monkeypatch, tmp_path):
+    """A configured API key, no WANDB_MODE override, and a W&B host that refuses connections."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no real ~/.netrc
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", closed_port_url())
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_auto_with_a_key_but_no_network_falls_back_offline_quickly(tmp_path, wandb_env, capfd):
+    run_dir = tmp_path / "my runs" / "a"  # a space: the printed sync command must be quoted
+    run_dir.mkdir(parents=True)
+    t0 = time.monotonic()
+    tracker = tracking.start_tracker("auto", "p", None, "a", {"x": 1}, run_dir)
+    assert time.monotonic() - t0 < 15
+    try:
+        err = capfd.readouterr().err
+        assert "W&B is not reachable (127.0.0.1:" in err and "logging offline instead" in err
+        offline = next((run_dir / "wandb").glob("offline-run-*"))
+        assert f"wandb sync {shlex.quote(str(offline))}" in err
+        assert shlex.split(err.split("wandb sync ", 1)[1].splitlines()[0]) == [str(offline)]
+    finally:
+        tracker.finish()
+
+
+def test_online_without_credentials_is_one_line_before_anything_is_written(
+    tmp_path, wandb_env, fake_train, monkeypatch
+):
+    monkeypatch.delenv("WANDB_API_KEY")
+    data = make_image_tree(tmp_path / "data")
+    args = ["train", "--data", str(data), "--checkpoints-dir", str(tmp_path / "ck")]
+    r = CliRunner().invoke(main, [*args, "--wandb-mode", "online"])
+    assert r.exit_code == 1 and no_traceback(r) and r.output.count("\n") == 1, r.output
+    assert "--wandb-mode online needs W&B credentials" in r.output
+    assert fake_train == [] and not (tmp_path / "ck").exists()
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key, but the host is not reachable
+    t0 = time.monotonic()
+    r = CliRunner().invoke(main, [*args, "--wandb-mode", "online"])
+    assert r.exit_code == 1 and "W&B is not reachable" in r.output and fake_train == []
+    assert time.monotonic() - t0 < 10
+
+
+def test_auto_falls_back_when_wandb_itself_fails_to_start(tmp_path, wandb_env, monkeypatch, capsys):
+    monkeypatch.setattr(tracking, "probe_wandb_host", lambda *a, **k: None)  # "reachable"
+    started = []
+
+    class Flaky:
+        def __init__(self, mode, *args, init_timeout=None):
+            started.append((mode, init_timeout))
+            if mode in fail:
+                raise RuntimeError("CommError: Timed out while retrying\nmore detail")
+            self.run_id = "r1"
+
+    monkeypatch.setattr(tracking, "WandbTracker", Flaky)
+    fail = {"online"}
+    tracker = tracking.start_tracker("auto", "p", None, "n", {}, tmp_path)
+    assert started == [("online", tracking.AUTO_INIT_TIMEOUT), ("offline", None)]
+    assert isinstance(tracker, Flaky)
+    err = capsys.readouterr().err
+    assert "online run did not start (CommError: Timed out while retrying)" in err
+    fail = {"online", "offline"}
+    tracker = tracking.start_tracker("auto", "p", None, "n", {}, tmp_path)
+    assert isinstance(tracker, tracking.NullTracker)
+    assert "training without tracking" in capsys.readouterr().err
+    with pytest.raises(tracking.UsageError, match="online: W&B run did not start"):
+        tracking.start_tracker("online", "p", None, "n", {}, tmp_path)
+
+
+def test_wandb_failures_mid_run_never_stop_training(capsys):
+    class Run:
+        calls = 0
+
+        def log(self, *a, **k):
+            Run.calls += 1
+            raise OSError("wandb service went away")
+
+        def finish(self):
+            raise RuntimeError("cannot finish")
+
+    tracker = object.__new__(tracking.WandbTracker)
+    tracker.run, tracker._broken, tracker._wandb = Run(), False, None
+    tracker.log({"loss": 1.0}, step=1)
+    tracker.log({"loss": 1.0}, step=2)  # tracking is off after the first failure
+    tracker.finish()
+    err = capsys.readouterr().err
+    assert Run.calls == 1 and err.count("warning:") == 1 and "wandb service went away" in err

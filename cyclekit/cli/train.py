@@ -6,12 +6,18 @@ the YAML file's values replace the defaults and any flag given on the command li
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
 
+from cyclekit.cli.common import CONTEXT, DEVICE, choice, user_errors
 from cyclekit.training import config as C
+from cyclekit.training.tracking import WANDB_MODES
 
 D = C.TrainConfig.__dataclass_fields__
 
@@ -22,11 +28,51 @@ def opt(*decls: str, name: str, help: str, **kw):  # noqa: A002, ANN201
     return click.option(*decls, name, default=default, show_default=True, help=help, **kw)
 
 
-CHOICE = click.Choice
+class Channels(click.ParamType):
+    """1 or 3, as an int (click.Choice of strings with an int default fails on click 8.1)."""
+
+    name = "channels"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value in (1, 3):
+            return value
+        if isinstance(value, str) and value.strip() in ("1", "3"):
+            return int(value)
+        self.fail(f"{value!r} is not 1 (grayscale) or 3 (RGB)", param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[1|3]"
+
+
+class LazyChoice(click.Choice):
+    """A case-insensitive choice whose list is loaded on first use.
+
+    Some lists live beside torch code (norms and inits in cyclekit.models, precisions in
+    cyclekit.devices); loading them lazily keeps ``import cyclekit.cli.train`` free of torch.
+    """
+
+    def __init__(self, load: Callable[[], Sequence[str]]) -> None:
+        self._load = load
+        self._loaded: Sequence[str] | None = None
+        super().__init__((), case_sensitive=False)
+
+    @property  # type: ignore[override]
+    def choices(self) -> Sequence[str]:
+        if self._loaded is None:
+            self._loaded = tuple(self._load())
+        return self._loaded
+
+    @choices.setter
+    def choices(self, value: Sequence[str]) -> None:
+        pass  # click.Choice.__init__ sets it; the real list comes from the loader
+
+
+def listed(setting: str) -> LazyChoice:
+    return LazyChoice(lambda: C.choice_lists()[setting])
 
 
 @click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    context_settings=CONTEXT,
     epilog="""\b
 Examples:
   cyclekit train --data datasets/horse2zebra --name horse2zebra
@@ -70,12 +116,12 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
 )
 @opt("--name", name="name", help="Run name: the run folder and the W&B run name.")
 @opt("--checkpoints-dir", name="checkpoints_dir", help="Where run folders are created.")
-@opt("--input-nc", name="input_nc", type=CHOICE(["1", "3"]), help="Channels of domain A.")
-@opt("--output-nc", name="output_nc", type=CHOICE(["1", "3"]), help="Channels of domain B.")
+@opt("--input-nc", name="input_nc", type=Channels(), help="Channels of domain A.")
+@opt("--output-nc", name="output_nc", type=Channels(), help="Channels of domain B.")
 @opt(
     "--preprocess",
     name="preprocess",
-    type=CHOICE(C.PREPROCESS),
+    type=choice(C.PREPROCESS),
     help="resize_and_crop: resize to load size, random crop; crop: random crop only; "
     "scale_width[_and_crop]: width to load size; none: sides rounded to a multiple of 4.",
 )
@@ -100,24 +146,24 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
 @opt("--lr", name="lr", type=float, help="Adam learning rate.")
 @opt("--beta1", name="beta1", type=float, help="Adam beta1.")
 @opt("--beta2", name="beta2", type=float, help="Adam beta2.")
-@opt("--netG", name="netG", type=CHOICE(C.GENERATOR_ARCHS), help="Generator architecture.")
+@opt("--netG", name="netG", type=choice(C.GENERATOR_ARCHS), help="Generator architecture.")
 @opt("--ngf", name="ngf", type=int, help="Generator width (filters in the first conv).")
 @opt(
     "--netD",
     name="netD",
-    type=CHOICE(C.DISCRIMINATOR_ARCHS),
+    type=choice(C.DISCRIMINATOR_ARCHS),
     help="basic: 70x70 PatchGAN; n_layers: PatchGAN with --n-layers-D; pixel: 1x1.",
 )
 @opt("--ndf", name="ndf", type=int, help="Discriminator width.")
 @opt("--n-layers-D", name="n_layers_D", type=int, help="Layers of the n_layers PatchGAN.")
-@opt("--norm", name="norm", type=CHOICE(C.NORMS), help="Normalisation in all networks.")
+@opt("--norm", name="norm", type=listed("norm"), help="Normalisation in all networks.")
 @opt("--dropout/--no-dropout", name="dropout", help="Dropout in the generator's blocks.")
-@opt("--init-type", name="init_type", type=CHOICE(C.INITS), help="Weight initialisation.")
+@opt("--init-type", name="init_type", type=listed("init_type"), help="Weight initialisation.")
 @opt("--init-gain", name="init_gain", type=float, help="Scale of the initialisation.")
 @opt(
     "--gan-mode",
     name="gan_mode",
-    type=CHOICE(C.GAN_MODES),
+    type=choice(C.GAN_MODES),
     help="Adversarial objective (wgangp applies the gradient penalty).",
 )
 @opt("--lambda-a", name="lambda_a", type=float, help="Cycle loss weight A->B->A.")
@@ -131,11 +177,11 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
 @opt("--lambda-gp", name="lambda_gp", type=float, help="Gradient penalty weight (wgangp).")
 @opt("--pool-size", name="pool_size", type=int, help="Fake-image history size; 0 = off.")
 @opt("--seed", name="seed", type=int, help="Seed for init, data order, crops, pools.")
-@opt("--device", name="device", type=CHOICE(C.DEVICES), help="Where to train.")
+@opt("--device", name="device", type=DEVICE, help="Where to train.")
 @opt(
     "--precision",
     name="precision",
-    type=CHOICE(C.PRECISIONS),
+    type=listed("precision"),
     help="fp32, bf16 (autocast; fast on recent CPUs/GPUs), fp16 (CUDA), auto.",
 )
 @opt("--num-workers", name="num_workers", type=int, help="Data loading processes.")
@@ -157,7 +203,7 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
 @opt(
     "--wandb-mode",
     name="wandb_mode",
-    type=CHOICE(C.WANDB_MODES),
+    type=choice(WANDB_MODES),
     help="auto: online if W&B credentials are configured, else offline.",
 )
 @opt("--wandb-project", name="wandb_project", help="W&B project.")
@@ -188,34 +234,31 @@ def train(
     """
     values: dict[str, object] = {}
     explicit: set[str] = set()
-    try:
+    with user_errors():
+        if resume is not None and overwrite:
+            raise C.ConfigError(
+                "--overwrite starts a run afresh and --resume continues one: give only one"
+            )
         if config_file is not None:
             values = C.load_yaml_config(config_file)
             explicit |= set(values)
         for name, value in flags.items():
-            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE or name not in values:
+            from_command_line = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+            if from_command_line or name not in values:
                 values[name] = value
-            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            if from_command_line:
                 explicit.add(name)
         if tags:
             values["tags"] = list(tags)
             explicit.add("tags")
-        for key in ("input_nc", "output_nc"):
-            values[key] = int(values[key])  # type: ignore[arg-type]
         cfg = C.TrainConfig.from_dict(values, config_file or "flags")
-    except C.ConfigError as e:
-        raise click.UsageError(str(e)) from None
+        preflight(cfg, resume, explicit)
 
-    from cyclekit.data.unpaired import DataError
-    from cyclekit.files import CheckpointError
-    from cyclekit.training.loop import train as run_training
+        from cyclekit.training.loop import train as run_training
 
-    try:
         result = run_training(
             cfg, resume=resume, explicit=explicit, progress=not no_progress, overwrite=overwrite
         )
-    except (C.ConfigError, CheckpointError, DataError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
     where = result.run_dir
     if result.ranks_in_sync is False:
         raise click.ClickException("ranks ended with different weights; the run is not trustworthy")
@@ -234,3 +277,28 @@ def train(
     click.echo(
         f"done: step {result.step}; generators in {where}/G_ab.pt and {where}/G_ba.pt", err=True
     )
+
+
+def preflight(cfg: C.TrainConfig, resume: str | None, explicit: set[str]) -> None:
+    """Checks that need no data and no model, run before anything is written.
+
+    A resumed run takes its data folders, W&B mode and GAN mode from its checkpoint, so those
+    are checked here only when they are given (the trainer checks the merged config again).
+    """
+    from cyclekit.training.tracking import check_wandb_mode
+
+    if resume is None:
+        C.require_data_source(cfg)
+    elif resume != "auto" and not Path(resume).is_file():
+        raise C.ConfigError(f"--resume {resume}: no such file (give auto or a last.pt path)")
+    if resume is None or "wandb_mode" in explicit:
+        check_wandb_mode(cfg.wandb_mode)
+    from cyclekit.training.prepare import check_distributed_config, check_writable_dir
+
+    check_writable_dir(Path(cfg.checkpoints_dir), "--checkpoints-dir")
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world_size = 1  # torch.distributed reports a malformed WORLD_SIZE itself
+    if resume is None or "gan_mode" in explicit:
+        check_distributed_config(cfg, world_size)

@@ -1,27 +1,32 @@
 """Training configuration: one dataclass, validated early, saved as YAML beside checkpoints.
 
-A leaf module (imports nothing from cyclekit except the name lists), so the CLI can build and
-check a config before torch is imported.
+A light module (torch is imported only to check names that live beside the code using them:
+norms, inits, precisions, devices), so the CLI can build and check a config cheaply. Values from
+YAML files and saved checkpoints go through :func:`coerce_settings`, which converts what is
+unambiguous (``32.0`` -> 32, ``"2e-4"`` -> 2e-4) and refuses the rest naming key, value and type.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cyclekit.errors import CyclekitError
+from cyclekit.training.tracking import WANDB_MODES
 
 GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
 DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel")
-NORMS = ("instance", "batch", "none")
-INITS = ("normal", "xavier", "kaiming", "orthogonal")
 GAN_MODES = ("lsgan", "vanilla", "wgangp", "hinge")
 PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
+# Beyond these, a typo (an extra zero) would ask for tens of GB before the first step.
+MAX_SIDE = 8192  # --load-size / --crop-size
+MAX_WIDTH = 1024  # --ngf / --ndf
+MAX_D_LAYERS = 8  # --n-layers-D (8 layers already need 768-pixel images)
+MAX_SEED = 2**32 - 1  # seeds are combined into torch generator seeds, which are 64-bit
 
 # Fields that may change when resuming a run; changing any other field would make the
 # checkpoint mean something else, so resume refuses it.
@@ -121,22 +126,22 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        choices = {
-            "netG": GENERATOR_ARCHS,
-            "netD": DISCRIMINATOR_ARCHS,
-            "norm": NORMS,
-            "init_type": INITS,
-            "gan_mode": GAN_MODES,
-            "preprocess": PREPROCESS,
-            "device": DEVICES,
-            "precision": PRECISIONS,
-            "wandb_mode": WANDB_MODES,
-        }
-        for name, allowed in choices.items():
+        """Check every setting on its own and against the others (not the data folders:
+        see :func:`require_data_source`, since a resumed run takes them from its checkpoint)."""
+        for name, allowed in choice_lists().items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(
                     f"{_flag(name)} {getattr(self, name)!r} is not one of: {', '.join(allowed)}"
                 )
+        if not is_device_name(self.device):
+            raise ConfigError(
+                f"--device {self.device!r} is not a device; choose auto, cpu, cuda, cuda:N or mps"
+            )
+        if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\"):
+            raise ConfigError(
+                f"--name {self.name!r} must be a plain folder name (no '/', not empty, '.' or "
+                "'..'); the run folder is --checkpoints-dir/NAME"
+            )
         positive = ["batch_size", "ngf", "ndf", "n_layers_D", "log_every", "sample_every"]
         positive += ["save_every", "save_latest_every", "load_size", "crop_size"]
         for name in positive:
@@ -145,6 +150,17 @@ class TrainConfig:
         for name in ["epochs", "epochs_decay", "num_workers", "pool_size", "n_samples", "seed"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        limits = {"load_size": MAX_SIDE, "crop_size": MAX_SIDE, "ngf": MAX_WIDTH}
+        limits.update(ndf=MAX_WIDTH, n_layers_D=MAX_D_LAYERS, seed=MAX_SEED)
+        for name, most in limits.items():
+            if getattr(self, name) > most:
+                raise ConfigError(
+                    f"{_flag(name)} {getattr(self, name)} is too large (at most {most})"
+                )
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{_flag(f.name)} must be a finite number, got {value}")
         if self.epochs + self.epochs_decay < 1:
             raise ConfigError("--epochs plus --epochs-decay must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
@@ -154,17 +170,16 @@ class TrainConfig:
         for name in ["lambda_a", "lambda_b", "lambda_identity", "lambda_gp", "init_gain"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        if not (self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError("--lr must be > 0 and --beta1/--beta2 in [0, 1)")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.input_nc not in (1, 3) or self.output_nc not in (1, 3):
             raise ConfigError("--input-nc and --output-nc must be 1 or 3")
         if self.lambda_identity > 0 and self.input_nc != self.output_nc:
             raise ConfigError(
                 "--lambda-identity needs --input-nc == --output-nc; set --lambda-identity 0"
-            )
-        if self.data is None and (self.data_a is None or self.data_b is None):
-            raise ConfigError(
-                "give --data DIR (with trainA/ and trainB/) or both --data-a and --data-b"
             )
         if self.data is not None and (self.data_a is not None or self.data_b is not None):
             raise ConfigError("give either --data or --data-a/--data-b, not both")
@@ -205,49 +220,154 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a dict whose keys may use dashes or underscores; unknown keys are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        clean = {}
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"{source}: unknown setting {key!r}")
-            clean[name] = value
-        try:
-            return cls(**clean)
-        except TypeError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        """Build from a dict whose keys may use dashes or underscores.
+
+        Unknown keys are errors; values are type-checked and coerced by :func:`coerce_settings`.
+        """
+        return cls(**coerce_settings(values, source))
+
+
+def require_data_source(cfg: TrainConfig) -> None:
+    """A run needs ``--data`` or both ``--data-a`` and ``--data-b`` (resume takes them from
+    the checkpoint, so this is checked apart from :meth:`TrainConfig.validate`)."""
+    if cfg.data is None and (cfg.data_a is None or cfg.data_b is None):
+        missing = "--data-b" if cfg.data_a is not None else "--data-a" if cfg.data_b else None
+        if missing:
+            raise ConfigError(f"{missing} is missing: --data-a and --data-b go together")
+        raise ConfigError(
+            "give --data DIR (with trainA/ and trainB/) or both --data-a and --data-b"
+        )
+
+
+def choice_lists() -> dict[str, tuple[str, ...]]:
+    """Setting -> allowed values. Each list is defined once, beside the code that uses it."""
+    from cyclekit.devices import PRECISIONS  # torch: imported only when a config is checked
+    from cyclekit.models import INITS, NORMS
+
+    return {
+        "netG": GENERATOR_ARCHS,
+        "netD": DISCRIMINATOR_ARCHS,
+        "norm": NORMS,
+        "init_type": INITS,
+        "gan_mode": GAN_MODES,
+        "preprocess": PREPROCESS,
+        "precision": PRECISIONS,
+        "wandb_mode": WANDB_MODES,
+    }
+
+
+def is_device_name(text: str) -> bool:
+    """auto, cpu, cuda, cuda:N or mps (lower case)."""
+    from cyclekit.devices import DEVICES
+
+    base, colon, index = text.partition(":")
+    if not colon:
+        return base in DEVICES
+    return base == "cuda" and index.isdigit()
 
 
 def min_patch_side(n_layers: int) -> int:
-    """Smallest image side for which an n-layer PatchGAN still outputs at least 1x1."""
-    side = 1
-    while True:
-        s = side
-        ok = True
-        for _ in range(n_layers):
-            s = (s - 2) // 2 + 1
-            if s <= 0:
-                ok = False
-                break
-        if ok and s - 2 >= 1:
-            return side
-        side += 1
+    """Smallest image side for which an n-layer PatchGAN still outputs at least 1x1.
+
+    Each strided layer maps a side s to (s - 2) // 2 + 1, which is >= t exactly when s >= 2t,
+    and the two stride-1 layers at the end need 3: so 3 * 2 ** n_layers.
+    """
+    return 3 * 2**n_layers
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """``value`` as ``kind`` (int, float, bool, str, list[str], X | None), or raise TypeError."""
+    args = typing.get_args(kind)
+    if type(None) in args:
+        if value is None:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(kind) is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError("a list of strings")
+        return [_coerce(v, str) for v in value]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise TypeError(_TYPE_WORDS[bool])
+    if kind is int:
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)  # "1e3" (YAML reads it as a string), "32.0"
+                except ValueError:
+                    raise TypeError(_TYPE_WORDS[int]) from None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError(_TYPE_WORDS[int])
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise TypeError(_TYPE_WORDS[float]) from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)  # nan and inf are numbers: validate() refuses them by flag
+        raise TypeError(_TYPE_WORDS[float])
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # a run named 2024
+        raise TypeError(_TYPE_WORDS[str])
+    raise AssertionError(f"no coercion for {kind!r}")  # a new field type: extend _coerce
+
+
+def coerce_settings(values: dict[Any, Any], source: str) -> dict[str, Any]:
+    """Keys with - or _ -> field names; each value checked against its field's type.
+
+    Unknown keys, a key given twice (``crop-size`` and ``crop_size``) and values that are not
+    unambiguously of the field's type are a :class:`ConfigError` naming ``source``, the key,
+    the value and the expected type. Choice values are lower-cased (as the flags accept).
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    choices = set(choice_lists()) | {"device"}
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in hints:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+        if name in clean:
+            raise ConfigError(f"{source}: setting {name!r} is given twice")
+        try:
+            value = _coerce(value, hints[name])
+        except TypeError as e:
+            raise ConfigError(f"{source}: {key}: {value!r} is not {e}") from None
+        if name in choices and isinstance(value, str):
+            value = value.strip().lower()
+        clean[name] = value
+    return clean
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping of settings; a clear error if it is anything else."""
+    """Read a YAML mapping of settings, type-checked; a one-line error naming the file if not."""
     import yaml
 
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read config ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot read config (not a UTF-8 text file)") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of setting: value")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in values:
-        if str(key).replace("-", "_") not in known:
-            raise ConfigError(f"{path}: unknown setting {key!r}")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
+    return coerce_settings(values, str(path))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GAN_MODES = ("lsgan", "vanilla", "wgangp", "hinge")
+from cyclekit.training.config import GAN_MODES  # the one list (the CLI needs it without torch)
 
 
 def generator_adv_loss(pred_fake: torch.Tensor, mode: str) -> torch.Tensor:

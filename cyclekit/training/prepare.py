@@ -5,26 +5,38 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from cyclekit.data.images import ImageDecodeError, decode_image
 from cyclekit.data.unpaired import Domain
 from cyclekit.files import CheckpointError
+from cyclekit.files import write_yaml as _write_yaml
 from cyclekit.models import side_multiple
-from cyclekit.training.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
+from cyclekit.training.config import (
+    RESUMABLE_OVERRIDES,
+    ConfigError,
+    TrainConfig,
+    require_data_source,
+)
+
+
+def _folder(flag: str, path: Path) -> Path:
+    if not path.exists():
+        raise ConfigError(f"{flag} {path}: folder does not exist")
+    if not path.is_dir():
+        raise ConfigError(f"{flag} {path}: not a folder")
+    return path
 
 
 def domain_dirs(cfg: TrainConfig) -> tuple[Path, Path, Path | None, Path | None]:
+    """(trainA, trainB, testA or None, testB or None); a missing folder names its flag."""
+    require_data_source(cfg)
     if cfg.data is not None:
-        root = Path(cfg.data)
-        if not root.is_dir():
-            raise ConfigError(f"--data {root}: folder does not exist")
+        root = _folder("--data", Path(cfg.data))
         for sub in ("trainA", "trainB"):
             if not (root / sub).is_dir():
                 raise ConfigError(f"--data {root}: missing {sub}/ (expected trainA/ and trainB/)")
@@ -35,7 +47,35 @@ def domain_dirs(cfg: TrainConfig) -> tuple[Path, Path, Path | None, Path | None]
             test_a if test_a.is_dir() else None,
             test_b if test_b.is_dir() else None,
         )
-    return Path(cfg.data_a), Path(cfg.data_b), None, None
+    assert cfg.data_a is not None and cfg.data_b is not None  # require_data_source
+    return _folder("--data-a", Path(cfg.data_a)), _folder("--data-b", Path(cfg.data_b)), None, None
+
+
+def check_writable_dir(path: Path, flag: str) -> None:
+    """``path`` is, or can be made, a writable folder: checked without creating anything."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{flag} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {probe} is not writable")
+
+
+def check_distributed_config(cfg: TrainConfig, world_size: int) -> None:
+    """Settings that cannot work with ``world_size`` processes (torchrun), refused up front.
+
+    WGAN-GP's gradient penalty differentiates the discriminator's input gradient
+    (double backward), which DistributedDataParallel does not support.
+    """
+    if world_size > 1 and cfg.gan_mode == "wgangp":
+        raise ConfigError(
+            f"--gan-mode wgangp does not work with torchrun ({world_size} processes): its "
+            "gradient penalty needs a double backward, which DistributedDataParallel does not "
+            "support; train it in one process, or pick another --gan-mode"
+        )
 
 
 def check_uncropped_sizes(domain: Domain, cfg: TrainConfig) -> None:
@@ -132,6 +172,8 @@ def merge_resumed_config(
     """
     current = cfg.to_dict()
     names = set(current) if explicit is None else set(explicit)
+    if all(current[k] is None for k in ("data", "data_a", "data_b")):
+        names -= {"data", "data_a", "data_b"}  # no data given: the run's own is used
     # Limits belong to one invocation: a run stopped by --max-steps resumes without it.
     names |= {"max_steps", "max_minutes"}
     if names & {"data", "data_a", "data_b"}:  # the data source is replaced as a whole
@@ -184,8 +226,5 @@ class StopFlag:
 
 
 def write_yaml(path: Path, values: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(values, f, sort_keys=False)
-    os.replace(tmp, path)
+    """Kept for the loop until it uses :func:`cyclekit.files.write_yaml` directly."""
+    _write_yaml(path, values)
