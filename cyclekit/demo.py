@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from cyclekit.training.config import TrainConfig
+from cyclekit.training.config import ConfigError, TrainConfig
+
+MADE_BY = "cyclekit demo"  # recorded in synth.json: a dataset the demo may replace
+# In every gallery the demo writes: an index.html without it is not the demo's to replace.
+GALLERY_MARK = '<meta name="generator" content="cyclekit demo">'
 
 # name -> (image size, images per train domain, test images, ngf/ndf, batch size)
 PRESETS: dict[str, tuple[int, int, int, int, int]] = {
@@ -37,18 +42,49 @@ class DemoResult:
         return self.psnr_model - self.psnr_identity
 
 
-def _dataset(task: str, root: Path, size: int, n_train: int, n_test: int, seed: int) -> Path:
-    """Reuse the synthetic dataset if it was made with these settings, else (re)make it."""
-    from cyclekit.data.synth import make_synthetic
+def _read_meta(target: Path) -> dict:
+    try:
+        meta = json.loads((target / "synth.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable or not JSON: not a dataset we made
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
+
+def _reusable(task: str, root: Path, size: int, n_train: int, n_test: int, seed: int) -> bool:
+    """True if ``root/task`` holds the dataset these settings make; False if it can be made.
+
+    An existing folder may be replaced only when the demo made it (synth.json says so): a
+    dataset of the same name made by ``cyclekit datasets synth`` or by hand is never touched.
+    """
     target = root / task
-    meta_file = target / "synth.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        same = (meta.get("size"), meta.get("n_train"), meta.get("n_test"), meta.get("seed"))
-        if same == (size, n_train, n_test, seed):
-            return target
-    return make_synthetic(task, root, n_train, n_test, size, seed, force=target.exists())
+    meta = _read_meta(target)
+    same = (meta.get("size"), meta.get("n_train"), meta.get("n_test"), meta.get("seed"))
+    if meta.get("task") == task and same == (size, n_train, n_test, seed):
+        return True
+    if target.exists() and meta.get("made_by") != MADE_BY:
+        raise ConfigError(
+            f"--datasets-root {root}: {target} already holds another dataset, which the demo "
+            "will not replace; pass another --datasets-root"
+        )
+    return False
+
+
+def _check_out(out: Path) -> None:
+    """The output folder can be written, and its index.html (if any) is a demo gallery."""
+    from cyclekit.training.prepare import check_writable_dir
+
+    check_writable_dir(out, "--out")
+    page = out / "index.html"
+    if page.exists():
+        try:
+            ours = GALLERY_MARK in page.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            ours = False
+        if not ours:
+            raise ConfigError(
+                f"--out {out}: {page} exists and is not a cyclekit demo gallery; pick another "
+                "--out folder"
+            )
 
 
 def train_config(
@@ -108,7 +144,7 @@ def write_demo_gallery(
         )
         cells.append(f"<tr><td>{html.escape(src.name)}</td>{imgs}<td>{score:.1f} dB</td></tr>")
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>cyclekit demo</title>
+<html lang="en"><head><meta charset="utf-8">{GALLERY_MARK}<title>cyclekit demo</title>
 <style>body{{font-family:sans-serif;margin:2em}} img{{width:128px;image-rendering:pixelated}}
 td{{padding:4px;text-align:center}}</style></head><body>
 <h1>cyclekit demo</h1>
@@ -127,10 +163,11 @@ window.addEventListener("load", () => {{
 }});
 </script></body></html>
 """
+    from cyclekit.files import atomic_write
+
     dst = out / "index.html"
-    tmp = out / ".index.html.partial"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, dst)
+    with atomic_write(dst, "w") as f:
+        f.write(page)
     return dst
 
 
@@ -148,21 +185,40 @@ def run_demo(
 ) -> DemoResult:
     """Make the data, train, translate the test set, score it and write the gallery."""
     from cyclekit.data.images import decode_image, list_images
-    from cyclekit.data.synth import SYNTH_TASKS, psnr
+    from cyclekit.data.synth import SYNTH_TASKS, make_synthetic, psnr
     from cyclekit.training.loop import train
-    from cyclekit.translate.engine import TranslateOptions, load_model, translate_paths
+    from cyclekit.training.prepare import check_writable_dir
+    from cyclekit.training.tracking import check_wandb_mode
+    from cyclekit.translate.engine import (
+        TranslateError,
+        TranslateOptions,
+        load_model,
+        translate_paths,
+    )
 
     if task not in SYNTH_TASKS:
-        raise ValueError(f"unknown demo task {task!r}; choose one of {', '.join(SYNTH_TASKS)}")
+        raise ConfigError(f"unknown demo task {task!r}; choose one of {', '.join(SYNTH_TASKS)}")
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    out = Path(out)
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--minutes must be a number > 0, got {minutes}")
+    # Everything that can be checked is checked before the dataset is drawn.
+    out, root = Path(out), Path(datasets_root)
     size, n_train, n_test, _, _ = PRESETS[preset]
+    cfg = train_config(root / task, out, preset, minutes, device, seed, wandb_mode, max_steps)
+    check_wandb_mode(wandb_mode)
+    check_writable_dir(root, "--datasets-root")
+    _check_out(out)
+    reuse = _reusable(task, root, size, n_train, n_test, seed)
+
     print(f"[1/3] synthetic dataset {task}: {n_train} + {n_train} training images", file=sys.stderr)
-    dataset = _dataset(task, Path(datasets_root), size, n_train, n_test, seed)
+    dataset = root / task
+    if not reuse:
+        make_synthetic(
+            task, root, n_train, n_test, size, seed, force=dataset.exists(), made_by=MADE_BY
+        )
 
     print(f"[2/3] training for up to {minutes:g} minutes", file=sys.stderr)
-    cfg = train_config(dataset, out, preset, minutes, device, seed, wandb_mode, max_steps)
     result = train(cfg, progress=progress, overwrite=True)  # the demo always starts afresh
 
     print("[3/3] translating the test set", file=sys.stderr)
@@ -172,7 +228,10 @@ def run_demo(
     report = translate_paths([str(dataset / "testA")], model, info, opts)
     report.close()
     if report.failed:
-        raise RuntimeError(f"{report.failed} test images failed to translate")
+        raise TranslateError(
+            f"{report.failed} test image(s) of {dataset / 'testA'} failed to translate into "
+            f"{translated} (see the messages above)"
+        )
     rows, ours, ident = [], [], []
     outputs = {p.stem: p for p in list_images(translated)}
     for src in list_images(dataset / "testA"):

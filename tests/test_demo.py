@@ -49,3 +49,24 @@ def test_demo_tiny_end_to_end_with_gallery(tmp_path):
 def test_demo_help_teaches():
     r = CliRunner().invoke(main, ["demo", "--help"])
     assert r.exit_code == 0 and "Examples:" in r.output and "--minutes" in r.output
+
+
+def test_demo_never_replaces_a_dataset_or_page_it_did_not_make(tmp_path):
+    from cyclekit.data.synth import make_synthetic
+    from cyclekit.demo import MADE_BY
+
+    root, out = tmp_path / "datasets", tmp_path / "out"
+    made = make_synthetic("day2night", root, n_train=3, n_test=1, size=16)  # by `datasets synth`
+    before = sorted(p.name for p in (made / "trainA").iterdir())
+    args = ["demo", "--preset", "tiny", "--out", str(out), "--datasets-root", str(root)]
+    r = CliRunner().invoke(main, [*args, "--max-steps", "1", "--no-progress"])
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit))
+    assert r.output.startswith("Error: --datasets-root") and r.output.count("\n") == 1
+    assert sorted(p.name for p in (made / "trainA").iterdir()) == before
+    # One the demo made itself (other settings) is the demo's to replace.
+    make_synthetic("day2night", root, 3, 1, 16, force=True, made_by=MADE_BY)
+    out.mkdir()
+    (out / "index.html").write_text("my page")
+    r = CliRunner().invoke(main, [*args, "--max-steps", "1", "--no-progress"])
+    assert r.exit_code == 1 and "--out" in r.output and "not a cyclekit demo gallery" in r.output
+    assert (out / "index.html").read_text() == "my page"

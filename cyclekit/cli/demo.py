@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import click
 
-TASKS = ("day2night", "summer2winter", "photo2poster")
+from cyclekit.cli.common import CONTEXT, DEVICE, choice, user_errors
+from cyclekit.data.synth import SYNTH_TASKS
+from cyclekit.demo import PRESETS
+from cyclekit.training.tracking import WANDB_MODES
 
 
 @click.command(
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings=CONTEXT,
     epilog="""\b
 Examples:
   cyclekit demo                       # ~5 minutes on a laptop CPU
@@ -17,7 +20,7 @@ Examples:
 )
 @click.option(
     "--task",
-    type=click.Choice(TASKS),
+    type=choice(SYNTH_TASKS),
     default="day2night",
     show_default=True,
     help="Which synthetic translation to learn.",
@@ -31,7 +34,7 @@ Examples:
 )
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    type=DEVICE,
     default="auto",
     show_default=True,
     help="Where to train and translate.",
@@ -52,7 +55,7 @@ Examples:
 )
 @click.option(
     "--preset",
-    type=click.Choice(["default", "tiny"]),
+    type=choice(PRESETS),
     default="default",
     show_default=True,
     help="tiny: a seconds-long smoke run (tiny images and model).",
@@ -60,7 +63,7 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--wandb-mode",
-    type=click.Choice(["offline", "online", "disabled", "auto"]),
+    type=choice(WANDB_MODES),
     default="offline",
     show_default=True,
     help="W&B logging of the demo run.",
@@ -89,7 +92,7 @@ def demo(
     """
     from cyclekit.demo import run_demo
 
-    try:
+    with user_errors():
         r = run_demo(
             task,
             out,
@@ -102,8 +105,6 @@ def demo(
             max_steps,
             progress=not no_progress,
         )
-    except (ValueError, RuntimeError, OSError) as e:
-        raise click.ClickException(str(e)) from None
     click.echo(f"trained {r.steps} steps; run folder {r.run_dir}")
     click.echo(
         f"PSNR vs ground truth: {r.psnr_model:.2f} dB translated, "
