@@ -2,7 +2,7 @@
 """Benchmark the MNIST baselines: train each with its defaults on the full training set for a
 fixed wall-clock budget, then score it; prints one JSON list.
 
-    python scripts/bench_mnist.py --data-dir ../shared/data/MNIST/raw --budgets 60 180
+    python scripts/bench_mnist.py --data-dir datasets/mnist --budgets 60 180
 
 GANs are scored with the ``cyclekit gan eval`` protocol (see README); the autoencoder by its
 test MSE. ``--set key=value`` overrides a GAN config field (e.g. ``--set lr=1e-3``,
@@ -23,9 +23,9 @@ import torch
 
 from cyclekit.mnist.ae import AEConfig, train_ae
 from cyclekit.mnist.common import save_grid
-from cyclekit.mnist.data import load_mnist, to_tensor
+from cyclekit.mnist.data import digits_to_tensor, load_mnist
 from cyclekit.mnist.evaluate import load_or_train_classifier, quality_report
-from cyclekit.mnist.gan import GanConfig, generate, load_generator, train_gan
+from cyclekit.mnist.gan import GanConfig, generate, load_gan_generator, train_gan
 
 
 def _value(text: str) -> Any:
@@ -47,11 +47,12 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
 
 
 @click.command()
-@click.option("--data-dir", default="../shared/data/MNIST/raw", show_default=True)
+@click.option("--data-dir", default="datasets/mnist", show_default=True)
 @click.option("--budgets", type=float, multiple=True, default=(60, 180), show_default=True,
               help="Wall-clock seconds of training per run; repeat for several.")  # fmt: skip
 @click.option("--models", default="mlp,dcgan,ae", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Keep runs here (default: temp).")
+@click.option("--overwrite", is_flag=True, help="Replace runs of the same name in --out.")
 @click.option("--set", "overrides", multiple=True, help="GAN config field=value.")
 @click.option("--n-samples", default=10_000, show_default=True)
 @click.option(
@@ -62,7 +63,7 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
 )
 def main(
     data_dir: str, budgets: tuple[float, ...], models: str, out: Path | None,
-    overrides: tuple[str, ...], n_samples: int, threads: int | None,
+    overrides: tuple[str, ...], n_samples: int, threads: int | None, overwrite: bool,
 ) -> None:  # fmt: skip
     if threads:
         torch.set_num_threads(threads)
@@ -71,7 +72,7 @@ def main(
     test = load_mnist(data_dir, "test", download=False)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731 - JSON alone goes to stdout
     clf, acc = load_or_train_classifier(train, test, log=log)
-    ref, real = to_tensor(test.images), to_tensor(train.images)
+    ref, real = digits_to_tensor(test.images), digits_to_tensor(train.images)
     pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:n_samples]
     extra = _parse_set(overrides)
     results = []
@@ -80,18 +81,20 @@ def main(
             name = f"{model}_{int(budget)}s" + ("_" + "_".join(overrides) if overrides else "")
             common = dict(
                 device="cpu", wandb_mode="disabled", checkpoints_dir=str(out), name=name,
-                epochs=10**6, time_budget=budget,
+                epochs=10**6, max_minutes=budget / 60,
             )  # fmt: skip
             t0 = time.monotonic()
             if model == "ae":
-                r = train_ae(AEConfig(**common), train, test, log=log, progress=False)
+                r = train_ae(
+                    AEConfig(**common), train, test, log=log, progress=False, overwrite=overwrite
+                )
                 t_train = time.monotonic() - t0
                 row = {"test_mse": r.test_mse, "figure": str(r.figure)}
             else:
                 cfg = GanConfig(arch=model, **{**common, **extra})
-                r = train_gan(cfg, data=train, log=log, progress=False)
+                r = train_gan(cfg, data=train, log=log, progress=False, overwrite=overwrite)
                 t_train = time.monotonic() - t0
-                G, _ = load_generator(r.checkpoint)
+                G, _ = load_gan_generator(r.checkpoint)
                 fakes = generate(G, n_samples, seed=0)
                 row = quality_report(fakes, clf, ref, real[pick])
                 row["classifier_test_accuracy"] = acc

@@ -10,17 +10,25 @@ import numpy as np
 import pytest
 import torch
 
+from cyclekit.errors import CyclekitError
 from cyclekit.mnist.data import (
     MnistDataError,
+    digits_to_tensor,
     load_mnist,
     read_idx_gz,
     read_png_tree,
-    to_tensor,
     write_idx_gz,
 )
 from cyclekit.mnist.evaluate import class_coverage, frechet_distance
 from cyclekit.mnist.gan import build_gan, gan_step
-from cyclekit.mnist.nets import MNIST_MODELS, model_from_spec, model_spec
+from cyclekit.mnist.nets import (
+    MNIST_MODELS,
+    SeededDropout,
+    model_from_spec,
+    model_spec,
+    use_generator,
+)
+from tests.mnist_fakes import fake_digits
 
 TINY = {  # spec kind -> tiny constructor kwargs
     "mlp_g": {"latent_dim": 8, "hidden": 16},
@@ -31,16 +39,6 @@ TINY = {  # spec kind -> tiny constructor kwargs
     "conv_ae": {"hidden": 4},
     "classifier": {"width": 4, "features": 16},
 }
-
-
-def fake_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Digit d is a vertical bar at column 2 + 2d plus noise: easy to tell apart."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
-    for i, d in enumerate(labels):
-        images[i, 4:24, 2 + 2 * d : 5 + 2 * d] = 255
-    return images, labels.astype(np.uint8)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -72,7 +70,7 @@ def test_idx_reader_names_file_and_problem(tmp_path: Path) -> None:
         read_idx_gz(bad)
 
 
-def test_png_tree_and_missing_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_png_tree_and_missing_data(tmp_path: Path) -> None:
     from PIL import Image
 
     images, labels = fake_digits(20)
@@ -86,12 +84,65 @@ def test_png_tree_and_missing_data(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(MnistDataError, match="no MNIST data in .*empty.*train-images-idx3"):
         load_mnist(tmp_path / "empty", download=False)
 
-    def offline(data_dir: Path) -> None:  # what torchvision does without network
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
-    monkeypatch.setattr("cyclekit.mnist.data.download_mnist", offline)
-    with pytest.raises(MnistDataError, match="download failed: Error downloading"):
-        load_mnist(tmp_path / "empty", download=True)
+class _OfflineMNIST:
+    """What torchvision's MNIST does without network: makes its folder, leaves a partial
+    file, and raises a message of several lines."""
+
+    def __init__(self, root: str, train: bool, download: bool) -> None:
+        raw = Path(root) / "MNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"partial")
+        raise RuntimeError(
+            "Error downloading train-images-idx3-ubyte.gz:\n"
+            "Tried https://mirror-one/, got:\n<urlopen error [Errno -3] name resolution>\n"
+            "Tried https://mirror-two/, got:\n<urlopen error timed out>\n"
+        )
+
+
+def test_failed_download_leaves_nothing_and_says_why_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("torchvision.datasets.MNIST", _OfflineMNIST)
+    target = tmp_path / "new" / "mnist"
+    with pytest.raises(MnistDataError) as info:
+        load_mnist(target, download=True)
+    message = str(info.value)
+    assert "\n" not in message and str(target) in message
+    for part in ("Error downloading", "mirror-one", "name resolution", "mirror-two", "timed out"):
+        assert part in message, part  # the whole reason, not its first line
+    assert not (tmp_path / "new").exists()  # made for the download: gone again
+    existing = tmp_path / "mine"
+    (existing / "notes").mkdir(parents=True)
+    with pytest.raises(MnistDataError):
+        load_mnist(existing, download=True)
+    assert sorted(p.name for p in existing.rglob("*")) == ["notes"]  # the user's folder stays
+
+
+def test_download_moves_only_complete_files_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class OnlineMNIST:  # writes the files as torchvision does, unpacked copies included
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            raw = Path(root) / "MNIST" / "raw"
+            images, labels = fake_digits(20)
+            for prefix in ("train", "t10k"):
+                write_idx_gz(images, raw / f"{prefix}-images-idx3-ubyte.gz")
+                write_idx_gz(labels, raw / f"{prefix}-labels-idx1-ubyte.gz")
+                (raw / f"{prefix}-images-idx3-ubyte").write_bytes(b"unpacked")
+
+    monkeypatch.setattr("torchvision.datasets.MNIST", OnlineMNIST)
+    assert len(load_mnist(tmp_path / "m", download=True)) == 20
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["MNIST"]  # no temporary left
+    assert len(list((tmp_path / "m" / "MNIST" / "raw").iterdir())) == 4  # the .gz files only
+
+
+def test_data_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "train-images-idx3-ubyte.gz"
+    f.write_bytes(b"x")
+    with pytest.raises(MnistDataError, match=f"--data-dir {f}: not a folder"):
+        load_mnist(f, download=True)
+    assert issubclass(MnistDataError, CyclekitError)
 
 
 def test_official_gz_files(mnist_raw: Path) -> None:
@@ -115,7 +166,7 @@ def test_official_gz_files(mnist_raw: Path) -> None:
         980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009,
     ]  # fmt: skip
     assert train.images.max() == 255 and train.images.min() == 0
-    x = to_tensor(test.images[:5])
+    x = digits_to_tensor(test.images[:5])
     assert x.shape == (5, 1, 28, 28) and x.min() == -1 and x.max() == 1
 
 
@@ -156,7 +207,7 @@ def test_gan_step_d_gets_no_gradient_from_g_update() -> None:
 def test_discriminator_learns_to_separate_real_from_fixed_fakes() -> None:
     torch.manual_seed(0)
     images, _ = fake_digits(32)
-    real = to_tensor(images)
+    real = digits_to_tensor(images)
     fakes = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
     D = model_from_spec(model_spec("mlp_d", hidden=32))
     opt = torch.optim.Adam(D.parameters(), lr=1e-3)
@@ -193,3 +244,81 @@ def test_class_coverage_counts_missing_digits() -> None:
     hist, missing = class_coverage(torch.nn.functional.one_hot(preds, 10).float())
     assert hist[:3] == [50, 49, 1] and sum(hist) == 100
     assert missing == [3, 4, 5, 6, 7, 8, 9]  # 2 has 1% of samples: present
+
+
+# --- randomness without the global generator -----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(MNIST_MODELS))
+def test_init_from_a_generator_never_touches_global_rng(kind: str) -> None:
+    before = torch.get_rng_state()
+    a = model_from_spec(model_spec(kind, **TINY[kind]), generator=torch.Generator().manual_seed(5))
+    b = model_from_spec(model_spec(kind, **TINY[kind]), generator=torch.Generator().manual_seed(5))
+    c = model_from_spec(model_spec(kind, **TINY[kind]), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(before, torch.get_rng_state())  # not seeded, not advanced
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    weights = [k for k in sa if k.endswith("weight") and sa[k].dim() > 1]
+    assert weights and any(not torch.equal(sa[k], sc[k]) for k in weights)
+    # PyTorch's default distribution: uniform in +-1/sqrt(fan_in), and spread out in it
+    for k in weights:
+        w = sa[k]
+        bound = 1 / (w.shape[1] * w[0, 0].numel()) ** 0.5
+        assert w.abs().max() <= bound and w.abs().max() > 0.5 * bound, k
+    for name, buf in a.named_buffers():  # batch norm statistics start fresh, not uninitialised
+        if name.endswith("running_var"):
+            assert torch.equal(buf, torch.ones_like(buf))
+
+
+def test_seeded_dropout_is_reproducible_and_unbiased() -> None:
+    drop = SeededDropout(0.3)
+    x = torch.ones(200, 50)
+    use_generator(drop, torch.Generator().manual_seed(1))
+    before = torch.get_rng_state()
+    first = drop(x)
+    use_generator(drop, torch.Generator().manual_seed(1))
+    assert torch.equal(first, drop(x)) and torch.equal(before, torch.get_rng_state())
+    assert abs((first == 0).float().mean().item() - 0.3) < 0.02  # drops p of the units
+    assert first.mean().item() == pytest.approx(1.0, abs=0.03)  # and rescales the rest
+    drop.eval()
+    assert torch.equal(drop(x), x)
+
+
+# --- what the GAN metrics mean -------------------------------------------------------------------
+
+
+class _ConstantD(torch.nn.Module):
+    """A discriminator whose logit is always ``value`` (plus a parameter for the optimiser)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # 0 * x keeps the graph to G's images, so G's half of the step can run
+        return self.value + 0 * x.flatten(1).mean(1) + 0 * self.w
+
+
+@pytest.mark.parametrize("logit", [-2.0, 0.0, 1.5])
+def test_gan_step_metrics_have_their_stated_values(logit: float) -> None:
+    G = model_from_spec(model_spec("mlp_g", **TINY["mlp_g"]), torch.Generator().manual_seed(0))
+    D = _ConstantD(logit)
+    opt_G, opt_D = torch.optim.SGD(G.parameters(), lr=0.0), torch.optim.SGD(D.parameters(), lr=0)
+    real = digits_to_tensor(fake_digits(6)[0])
+    stats = gan_step(G, D, opt_G, opt_D, real, torch.randn(6, 8), real_label=0.9)
+    p = torch.sigmoid(torch.tensor(logit)).item()  # D's belief that anything is real
+    assert stats["D_x"] == pytest.approx(p) and stats["D_G_z"] == pytest.approx(p)
+    assert stats["fooled"] == (1.0 if logit > 0 else 0.0)  # share of fakes with logit > 0
+    # BCE with the 0.9 target on real images, 0 on fakes; G's loss is BCE against 1
+    bce_real = -(0.9 * np.log(p) + 0.1 * np.log(1 - p))
+    assert stats["loss_D"] == pytest.approx(bce_real - np.log(1 - p), rel=1e-5)
+    assert stats["loss_G"] == pytest.approx(-np.log(p), rel=1e-5)
+
+
+def test_frechet_distance_refuses_what_would_crash() -> None:
+    a = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(a[:1], a)  # one sample: NaN covariance, and eigvals segfaulted on it
+    with pytest.raises(ValueError, match="NaN"):
+        frechet_distance(torch.full((10, 4), float("nan")), a)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cyclekit.errors import CyclekitError
+from cyclekit.files import atomic_write
 
 SPLITS = ("train", "test")
 # split -> (images file, labels file), as published by LeCun et al. and mirrored by torchvision
@@ -73,9 +74,9 @@ def write_idx_gz(array: np.ndarray, path: str | os.PathLike) -> Path:
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.tobytes())
+    # The gzip header names the final file (not the temporary one); mtime 0: same bytes each time.
+    with atomic_write(path) as f, gzip.GzipFile(path.name, "wb", fileobj=f, mtime=0) as gz:
+        gz.write(header + array.tobytes())
     return path
 
 
@@ -129,11 +130,64 @@ def read_png_tree(root: str | os.PathLike) -> MnistArrays:
 
 
 def download_mnist(data_dir: str | os.PathLike) -> None:
-    """Fetch the official files with torchvision into ``<data_dir>/MNIST/raw``."""
+    """Fetch the four official ``.gz`` files with torchvision into ``<data_dir>/MNIST/raw``.
+
+    torchvision downloads into a temporary folder inside ``data_dir``; only complete files are
+    moved into place. On any failure (offline, proxy, disk full, Ctrl-C) nothing is left
+    behind: not the temporary folder, and not ``data_dir`` itself if this call created it.
+    """
+    import shutil
+    import tempfile
+
     from torchvision.datasets import MNIST
 
-    for train in (True, False):
-        MNIST(root=str(data_dir), train=train, download=True)
+    data_dir = Path(data_dir)
+    raw = data_dir / "MNIST" / "raw"
+    created = _missing_ancestors(raw)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".mnist-download-", dir=data_dir))
+    except OSError as e:
+        _remove_empty(created)
+        raise MnistDataError(f"--data-dir {data_dir}: cannot create it ({e.strerror})") from None
+    done = False
+    try:
+        for train in (True, False):
+            MNIST(root=str(tmp), train=train, download=True)
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in GZ_FILES["train"] + GZ_FILES["test"]:  # the unpacked copies are not needed
+            os.replace(tmp / "MNIST" / "raw" / name, raw / name)
+        done = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            _remove_empty(created)
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; a folder that holds anything stays
+        if not folder.exists():
+            continue
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's whole message on one line (torchvision's spans several)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text or type(error).__name__
 
 
 def missing_data_message(data_dir: str | os.PathLike) -> str:
@@ -158,16 +212,22 @@ def load_mnist(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     data_dir = Path(data_dir)
-    arrays = _load_split(data_dir, split, download)
-    if digits:
-        bad = [d for d in digits if not 0 <= d <= 9]
-        if bad:
-            raise MnistDataError(f"digits must be 0..9, got {bad}")
-        keep = np.isin(arrays.labels, list(digits))
-        if not keep.any():
-            raise MnistDataError(f"{arrays.source}: no images of digits {list(digits)}")
-        arrays = MnistArrays(arrays.images[keep], arrays.labels[keep], arrays.source)
-    return arrays
+    if data_dir.exists() and not data_dir.is_dir():
+        raise MnistDataError(f"--data-dir {data_dir}: not a folder")
+    return select_digits(_load_split(data_dir, split, download), digits)
+
+
+def select_digits(arrays: MnistArrays, digits: Sequence[int] | None) -> MnistArrays:
+    """Only the images of ``digits`` (None or empty: all of them)."""
+    if not digits:
+        return arrays
+    bad = [d for d in digits if not 0 <= d <= 9]
+    if bad:
+        raise MnistDataError(f"--digits must be 0..9, got {bad}")
+    keep = np.isin(arrays.labels, list(digits))
+    if not keep.any():
+        raise MnistDataError(f"{arrays.source}: no images of digits {list(digits)}")
+    return MnistArrays(arrays.images[keep], arrays.labels[keep], arrays.source)
 
 
 def _load_split(data_dir: Path, split: str, download: bool) -> MnistArrays:
@@ -179,9 +239,10 @@ def _load_split(data_dir: Path, split: str, download: bool) -> MnistArrays:
     if found is None and download:
         try:
             download_mnist(data_dir)
-        except Exception as e:  # offline, proxy, disk full: one line, not a traceback
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            msg = f"{missing_data_message(data_dir)} (download failed: {reason})"
+        except MnistDataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - offline, proxy, disk full: one line, no traceback
+            msg = f"{missing_data_message(data_dir)} (download failed: {one_line(e)})"
             raise MnistDataError(msg) from None
         found = find_gz_files(data_dir, split)
     if found is None:
@@ -196,7 +257,7 @@ def _load_split(data_dir: Path, split: str, download: bool) -> MnistArrays:
     return MnistArrays(images, labels.astype(np.int64), str(found[0].parent))
 
 
-def to_tensor(images: np.ndarray, value_range: str = "tanh") -> torch.Tensor:
+def digits_to_tensor(images: np.ndarray, value_range: str = "tanh") -> torch.Tensor:
     """uint8 ``(N, 28, 28)`` -> float ``(N, 1, 28, 28)``, in [-1, 1] (tanh) or [0, 1] (unit)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
     if value_range == "tanh":

@@ -1,10 +1,14 @@
 """The MNIST GAN baselines: the lecture MLP GAN and a small DCGAN, trained with BCE and the
 non-saturating generator loss. One training step reads like pytorch/examples' ``dcgan``.
 
-Randomness: batch order and latent noise come from explicit ``torch.Generator``s seeded from
-``seed``; weight init and DCGAN dropout use the global generator (``nn.Module`` offers no other),
-which is seeded once here. All of their states go into ``last.pt``, so a resumed run continues
-exactly where it stopped.
+Randomness comes only from ``torch.Generator``s seeded from ``cfg.seed`` (torch's global
+generator is never seeded, used or advanced): initial weights, batch order, latent noise, the
+fixed grid noise and the DCGAN discriminator's dropout. Their states go into ``last.pt``, so a
+resumed run continues exactly where it stopped, and the same seed on CPU gives the same run.
+
+The run folder follows ``cyclekit train``'s rules (:mod:`cyclekit.training.rundir`): one run
+at a time (lock), a rerun with the same ``--name`` needs ``--resume`` or ``--overwrite``,
+``--resume`` merges or refuses changed settings, and Ctrl-C / SIGTERM save ``last.pt``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +25,54 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclekit.devices import resolve_device
-from cyclekit.files import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
+from cyclekit.files import (
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_save,
+    remove_stale_temporaries,
+    write_yaml,
+)
 from cyclekit.mnist.common import (
-    batch_order,
-    plain_config,
-    resolve_resume,
-    save_config_yaml,
+    Resumed,
+    clear_old_run,
+    epoch_batches,
+    grid_rows,
+    hold_run_folder,
+    load_run_checkpoint,
+    resume_position,
+    run_folder,
     save_gif,
     save_grid,
+    start_run,
+    writing,
 )
-from cyclekit.mnist.data import MnistArrays, load_mnist, to_tensor
-from cyclekit.mnist.nets import GAN_ARCHS, model_from_spec, model_spec
+from cyclekit.mnist.data import MnistArrays, digits_to_tensor, load_mnist, one_line, select_digits
+from cyclekit.mnist.nets import GAN_ARCHS, model_from_spec, model_spec, use_generator
+from cyclekit.training.config import ConfigError
+from cyclekit.training.rundir import StopFlag, check_fresh
 
 CHECKPOINT_FORMAT = "cyclekit-mnist-gan"
 DEFAULT_HIDDEN = {"mlp": 256, "dcgan": 32}  # MLP layer width / DCGAN base channels
+# Far above any useful size, below sizes whose allocation fails with a traceback.
+MAX_HIDDEN = {"mlp": 4096, "dcgan": 1024}
+MAX_LATENT = 1024
+MAX_SEED = 2**32 - 1
+# Settings that may change on --resume: how long, where, and what is logged. Any other one
+# (architecture, data selection, optimiser, seed, grid) would make the checkpoint mean
+# something else and is refused.
+RESUMABLE = frozenset(
+    {
+        "epochs", "max_steps", "max_minutes", "device", "data_dir", "download", "name",
+        "checkpoints_dir", "wandb_mode", "wandb_project", "wandb_entity",
+    }
+)  # fmt: skip
+
+
+def check_name(name: str) -> str | None:
+    """Why ``name`` cannot be a run folder name (None: it can)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        return f"--name {name!r}: a run name is one folder name (no '/', not empty, '.' or '..')"
+    return None
 
 
 @dataclass
@@ -57,43 +95,56 @@ class GanConfig:
     seed: int = 0
     device: str = "auto"
     max_steps: int | None = None  # stop after this many steps in total (smoke tests)
-    time_budget: float | None = None  # stop after this many seconds of training (benchmarks)
+    max_minutes: float | None = None  # stop (saving last.pt) after this much training time
     data_dir: str = "datasets/mnist"
     download: bool = True  # use torchvision's download when data_dir holds no data
-    name: str = "mnist_gan"
+    name: str | None = None  # run folder name; None: mnist_gan_<arch>
     checkpoints_dir: str = "checkpoints"
     grid_size: int = 64  # samples in each epoch's grid (from fixed noise)
     wandb_mode: str = "auto"
     wandb_project: str = "cyclekit"
     wandb_entity: str | None = None
-    resume: str | None = None  # "auto" (last.pt of this run if any) or a checkpoint path
 
     def __post_init__(self) -> None:
         if self.arch not in GAN_ARCHS:
-            raise ValueError(f"unknown --arch {self.arch!r}; choose one of {', '.join(GAN_ARCHS)}")
+            raise ConfigError(f"--arch {self.arch!r}: choose one of {', '.join(GAN_ARCHS)}")
         if self.hidden is None:
             self.hidden = DEFAULT_HIDDEN[self.arch]
+        if self.name is None:
+            self.name = f"mnist_gan_{self.arch}"
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         self.digits = tuple(sorted({int(d) for d in self.digits}))
+        finite = all(math.isfinite(v) for v in (self.lr, self.real_label, *self.betas))
+        betas = " ".join(map(str, self.betas))
+        max_hidden = MAX_HIDDEN[self.arch]
         checks = [
-            (self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}"),
-            (self.hidden >= 1, f"--hidden must be >= 1, got {self.hidden}"),
+            (1 <= self.latent_dim <= MAX_LATENT, f"--latent-dim must be 1..{MAX_LATENT}, got "
+             f"{self.latent_dim}"),
+            (1 <= self.hidden <= max_hidden, f"--hidden must be 1..{max_hidden} with --arch "
+             f"{self.arch}, got {self.hidden}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.arch != "dcgan" or self.batch_size >= 2, "--batch-size must be >= 2 with "
+             "--arch dcgan (batch norm needs 2 images)"),
+            (finite, f"--lr, --betas, --real-label must be finite; got {self.lr}, {betas}, "
+             f"{self.real_label}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (
-                len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-                f"--betas must be two numbers in [0, 1), got {self.betas}",
-            ),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+             f"--betas must be two numbers in [0, 1), got {betas}"),
             (0 < self.real_label <= 1, f"--real-label must be in (0, 1], got {self.real_label}"),
             (all(0 <= d <= 9 for d in self.digits), f"--digits must be 0..9, got {self.digits}"),
-            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
-            (self.time_budget is None or self.time_budget > 0, "time_budget must be > 0"),
-            (self.grid_size >= 1, f"grid_size must be >= 1, got {self.grid_size}"),
-        ]
+            (0 <= self.seed <= MAX_SEED, f"--seed must be 0..{MAX_SEED}, got {self.seed}"),
+            (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got "
+             f"{self.max_steps}"),
+            (self.max_minutes is None or self.max_minutes > 0, f"--max-minutes must be > 0, got "
+             f"{self.max_minutes}"),
+            (1 <= self.grid_size <= 1024, f"grid_size must be 1..1024, got {self.grid_size}"),
+        ]  # fmt: skip
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise ConfigError(msg)
+        if why := check_name(self.name):
+            raise ConfigError(why)
 
     def model_specs(self) -> tuple[dict[str, Any], dict[str, Any]]:
         g_kind, d_kind = GAN_ARCHS[self.arch]
@@ -110,6 +161,8 @@ class GanResult:
     step: int
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
     gif: Path | None = None
+    interrupted: bool = False  # Ctrl-C / SIGTERM: last.pt saved, resume with --resume auto
+    finished: bool = True  # all --epochs done (False: stopped by a limit or interrupted)
 
 
 def gan_step(
@@ -158,8 +211,9 @@ def gan_step(
 def build_gan(
     g_spec: dict[str, Any], d_spec: dict[str, Any], seed: int
 ) -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(seed)  # init + dropout draw from the global generator (see module doc)
-    return model_from_spec(g_spec), model_from_spec(d_spec)
+    """G and D with initial weights drawn from a generator seeded with ``seed`` (on the CPU)."""
+    g = torch.Generator().manual_seed(seed)
+    return model_from_spec(g_spec, generator=g), model_from_spec(d_spec, generator=g)
 
 
 def fixed_noise(n: int, latent_dim: int, seed: int) -> torch.Tensor:
@@ -167,113 +221,208 @@ def fixed_noise(n: int, latent_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed + 2))
 
 
+class _Rngs:
+    """The run's random streams besides batch order (which is derived from seed and epoch)."""
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.noise = torch.Generator().manual_seed(seed + 1)  # latent z, drawn on the CPU
+        # Dropout masks are drawn where the activations are (a CUDA generator on a GPU).
+        self.device = device.type
+        self.dropout = torch.Generator(device=device).manual_seed(seed + 3)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "noise": self.noise.get_state(),
+            "dropout": self.dropout.get_state(),
+            "dropout_device": self.device,
+        }
+
+    def restore(self, saved: dict[str, Any], log: Callable[[str], None]) -> None:
+        self.noise.set_state(saved["noise"])
+        if saved.get("dropout_device") == self.device and "dropout" in saved:
+            self.dropout.set_state(saved["dropout"])
+        else:
+            log(
+                f"note: the run moved from {saved.get('dropout_device')} to {self.device}; "
+                "dropout masks restart from the seed (the run continues, not bit for bit)"
+            )
+
+
 def train_gan(
     cfg: GanConfig,
     data: MnistArrays | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    *,
+    resume: str | None = None,
+    overwrite: bool = False,
+    explicit: set[str] | None = None,
 ) -> GanResult:
-    """Train a GAN on MNIST (``data`` or ``cfg.data_dir``); checkpoints go to checkpoints/<name>."""
+    """Train a GAN on MNIST (``data`` or ``cfg.data_dir``); files go to checkpoints/<name>.
+
+    ``resume``: None (a fresh run; an existing one needs ``overwrite``), ``"auto"`` or a
+    ``last.pt`` path. On resume the checkpoint's settings are kept except the ones in
+    ``explicit`` (the flags the user gave; None: every field of ``cfg``) that may change;
+    a changed architecture, data selection or optimiser setting is refused.
+    """
     from tqdm import tqdm
 
     from cyclekit.training.tracking import start_tracker
 
+    cfg, resumed = start_run(cfg, CHECKPOINT_FORMAT, resume, overwrite, explicit, RESUMABLE)
     device = resolve_device(cfg.device)
-    run_dir = Path(cfg.checkpoints_dir) / cfg.name
     if data is None:
         data = load_mnist(cfg.data_dir, "train", cfg.digits or None, cfg.download)
-    x = to_tensor(data.images).to(device)  # (N, 1, 28, 28) in [-1, 1]
+    else:
+        data = select_digits(data, cfg.digits)
+    x = digits_to_tensor(data.images).to(device)  # (N, 1, 28, 28) in [-1, 1]
     n = len(x)
     batch_size = n if cfg.full_batch else min(cfg.batch_size, n)
-    n_batches = n // batch_size  # a short last batch is dropped: equal-weight steps
+    if cfg.arch == "dcgan" and batch_size < 2:
+        raise ConfigError(f"--arch dcgan needs at least 2 training images; {data.source} has {n}")
+    steps_per_epoch = n // batch_size
 
     g_spec, d_spec = cfg.model_specs()
-    ckpt_path = resolve_resume(cfg.resume, run_dir)
-    blob = _load_training_checkpoint(ckpt_path) if ckpt_path else None
-    if blob is not None:
-        g_spec, d_spec = blob["G_spec"], blob["D_spec"]  # the checkpoint decides the models
     G, D = build_gan(g_spec, d_spec, cfg.seed)
     G, D = G.to(device), D.to(device)
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
-    noise_rng = torch.Generator().manual_seed(cfg.seed + 1)
-    epoch, batch_in_epoch, step, run_id = 0, 0, 0, None
-    if blob is not None:
-        G.load_state_dict(blob["G"])
-        D.load_state_dict(blob["D"])
-        opt_G.load_state_dict(blob["opt_G"])
-        opt_D.load_state_dict(blob["opt_D"])
-        noise_rng.set_state(blob["noise_rng"])
-        torch.set_rng_state(blob["torch_rng"])
-        epoch, batch_in_epoch, step = blob["epoch"], blob["batch_in_epoch"], blob["step"]
-        run_id = blob.get("wandb_run_id")
-        log(f"resuming from {ckpt_path} at epoch {epoch + 1}, step {step}")
+    rngs = _Rngs(cfg.seed, device)
+    use_generator(D, rngs.dropout)
+    epoch = epoch_step = step = 0
+    run_id = None
+    if resumed is not None:
+        epoch, epoch_step, step, run_id = _restore(
+            resumed, G, D, opt_G, opt_D, rngs, cfg, steps_per_epoch, log
+        )
+        log(f"resuming from {resumed.path} at epoch {epoch + 1}, step {step}")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if blob is None:  # a fresh run: grids of an earlier run with this name would join the GIF
-        for stale in (run_dir / "samples").glob("step_*.png"):
-            stale.unlink()
-    save_config_yaml(cfg, run_dir / "config.yaml")
-    z_fixed = fixed_noise(cfg.grid_size, G.latent_dim, cfg.seed).to(device)
-    tracker = start_tracker(
-        cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, cfg.name, plain_config(cfg), run_dir,
-        tags=["mnist", "gan", cfg.arch], run_id=run_id,
-    )  # fmt: skip
-    total = (
-        cfg.epochs * n_batches
-        if cfg.max_steps is None
-        else min(cfg.max_steps, cfg.epochs * n_batches)
-    )
-    bar = tqdm(total=total, initial=min(step, total), disable=not progress, desc="gan", unit="step")
-    history: list[dict[str, float]] = []
+    run_dir = run_folder(cfg)
     last = run_dir / "last.pt"
-    deadline = time.monotonic() + cfg.time_budget if cfg.time_budget else math.inf
-    out_of_time = False
-    try:
-        while epoch < cfg.epochs and step < total and not out_of_time:
-            sums: dict[str, float] = {}
-            count = 0
-            batches = batch_order(cfg.seed, epoch, n)[: n_batches * batch_size].split(batch_size)
-            G.train(), D.train()
-            for idx in batches[batch_in_epoch:]:
-                z = torch.randn(len(idx), G.latent_dim, generator=noise_rng).to(device)
-                stats = gan_step(G, D, opt_G, opt_D, x[idx], z, cfg.real_label)
-                step, batch_in_epoch, count = step + 1, batch_in_epoch + 1, count + 1
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.update(1)
-                bar.set_postfix(D=f"{stats['loss_D']:.3f}", G=f"{stats['loss_G']:.3f}")
-                out_of_time = time.monotonic() > deadline
-                if step >= total or out_of_time:
-                    break
-            if batch_in_epoch == n_batches:
-                epoch, batch_in_epoch = epoch + 1, 0
-            # Epoch means; "epoch" counts fractions when --max-steps stops mid-epoch.
-            metrics = {k: v / count for k, v in sums.items()}
-            metrics.update(epoch=epoch + batch_in_epoch / n_batches, step=step)
-            history.append(metrics)
-            grid = run_dir / "samples" / f"step_{step:08d}.png"
-            save_grid(generate_from(G, z_fixed), grid, nrow=math.ceil(math.sqrt(cfg.grid_size)))
-            tracker.log(metrics, step=step)
-            tracker.log_images({"samples": grid}, step=step)
-            log(_epoch_line(metrics))
+    # The step this invocation ends at: the end of --epochs, or --max-steps (a total) if sooner.
+    total = step + max(0, (cfg.epochs - epoch) * steps_per_epoch - epoch_step)
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    history: list[dict[str, float]] = []
+    saved_step = -1
+    stopped = False
+    z_fixed = fixed_noise(cfg.grid_size, cfg.latent_dim, cfg.seed).to(device)
+    config = asdict(cfg)
+
+    with hold_run_folder(run_dir), StopFlag() as stop:
+        if resumed is None:
+            check_fresh(run_dir, None, overwrite)  # again, now that the folder is ours
+            if overwrite:
+                clear_old_run(run_dir)
+        for folder in (run_dir, run_dir / "samples"):
+            if folder.is_dir():
+                remove_stale_temporaries(folder)
+        with writing(run_dir / "config.yaml"):
+            write_yaml(run_dir / "config.yaml", config)
+        tracker = start_tracker(
+            cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, cfg.name, config, run_dir,
+            tags=["mnist", "gan", cfg.arch], run_id=run_id,
+        )  # fmt: skip
+        bar = tqdm(total=total, initial=min(step, total), disable=not progress, desc="gan")
+
+        def save_last() -> None:
+            nonlocal saved_step
             state = {
                 "G": G.state_dict(), "D": D.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-                "noise_rng": noise_rng.get_state(), "torch_rng": torch.get_rng_state(),
-                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
-                "wandb_run_id": tracker.run_id,
+                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "rng": rngs.state(),
+                "epoch": epoch, "epoch_step": epoch_step, "steps_per_epoch": steps_per_epoch,
+                "step": step, "wandb_run_id": tracker.run_id,
             }  # fmt: skip
-            atomic_save(_checkpoint(cfg, g_spec, d_spec, state), last)
-        gif = save_gif(sorted((run_dir / "samples").glob("step_*.png")), run_dir / "samples.gif")
-    finally:
-        bar.close()
-        tracker.finish()
-    return GanResult(run_dir=run_dir, checkpoint=last, step=step, history=history, gif=gif)
+            with writing(last):
+                atomic_save(_checkpoint(config, g_spec, d_spec, state), last)
+            saved_step = step
+
+        try:
+            while epoch < cfg.epochs and step < total and not stopped:
+                sums: dict[str, float] = {}
+                count = 0
+                G.train(), D.train()
+                for idx in epoch_batches(cfg.seed, epoch, n, batch_size)[epoch_step:]:
+                    z = torch.randn(len(idx), cfg.latent_dim, generator=rngs.noise).to(device)
+                    stats = gan_step(G, D, opt_G, opt_D, x[idx], z, cfg.real_label)
+                    step, epoch_step, count = step + 1, epoch_step + 1, count + 1
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    bar.update(1)
+                    bar.set_postfix(D=f"{stats['loss_D']:.3f}", G=f"{stats['loss_G']:.3f}")
+                    stopped = stop.requested or time.monotonic() > deadline
+                    if step >= total or stopped:
+                        break
+                if epoch_step == steps_per_epoch:
+                    epoch, epoch_step = epoch + 1, 0
+                if count:  # means over this epoch's steps ("epoch" counts fractions)
+                    metrics = {k: v / count for k, v in sums.items()}
+                    metrics.update(epoch=epoch + epoch_step / steps_per_epoch, step=step)
+                    history.append(metrics)
+                    grid = run_dir / "samples" / f"step_{step:08d}.png"
+                    save_grid(generate_from(G, z_fixed), grid, nrow=grid_rows(cfg.grid_size))
+                    tracker.log(metrics, step=step)
+                    tracker.log_images({"samples": grid}, step=step)
+                    log(_epoch_line(metrics))
+                save_last()
+            if resumed is not None and not history:
+                log(f"nothing to train: the run is at step {step} (epoch {epoch}), which "
+                    "--epochs/--max-steps do not go beyond")  # fmt: skip
+            if saved_step != step or not last.exists():  # e.g. resumed into a new --name
+                save_last()
+            grids = sorted((run_dir / "samples").glob("step_*.png"))
+            gif = save_gif(grids, run_dir / "samples.gif")
+        finally:
+            bar.close()
+            tracker.finish()
+        interrupted = stop.requested
+    return GanResult(
+        run_dir=run_dir, checkpoint=last, step=step, history=history, gif=gif,
+        interrupted=interrupted, finished=epoch >= cfg.epochs,
+    )  # fmt: skip
+
+
+def _restore(
+    resumed: Resumed,
+    G: nn.Module,
+    D: nn.Module,
+    opt_G: torch.optim.Optimizer,
+    opt_D: torch.optim.Optimizer,
+    rngs: _Rngs,
+    cfg: GanConfig,
+    steps_per_epoch: int,
+    log: Callable[[str], None],
+) -> tuple[int, int, int, str | None]:
+    """Load the checkpoint's weights, optimisers and random streams; return its position."""
+    s = resumed.state
+    try:
+        G.load_state_dict(s["G"])
+        D.load_state_dict(s["D"])
+        opt_G.load_state_dict(s["opt_G"])
+        opt_D.load_state_dict(s["opt_D"])
+        # Files from before the "rng" entry: the noise stream only, and batch_in_epoch.
+        rngs.restore(s.get("rng") or {"noise": s["noise_rng"]}, log)
+        epoch, step = int(s["epoch"]), int(s["step"])
+        epoch_step = int(s["epoch_step"] if "epoch_step" in s else s["batch_in_epoch"])
+        saved_spe = int(s.get("steps_per_epoch", steps_per_epoch))
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:  # a damaged or foreign file
+        why = f"incomplete or damaged checkpoint ({one_line(e)})"
+        raise CheckpointError(f"{resumed.path}: {why}") from None
+    # The optimisers run with the config's settings, which config.yaml records.
+    for opt in (opt_G, opt_D):
+        for group in opt.param_groups:
+            group["lr"], group["betas"] = cfg.lr, cfg.betas
+    return (
+        epoch,
+        resume_position(epoch_step, saved_spe, steps_per_epoch),
+        step,
+        s.get("wandb_run_id"),
+    )
 
 
 def _checkpoint(
-    cfg: GanConfig, g_spec: dict[str, Any], d_spec: dict[str, Any], state: dict[str, Any]
+    config: dict[str, Any], g_spec: dict[str, Any], d_spec: dict[str, Any], state: dict[str, Any]
 ) -> dict[str, Any]:
     # Plain containers and tensors only: loadable with weights_only=True.
     return {
@@ -281,28 +430,36 @@ def _checkpoint(
         "format_version": FORMAT_VERSION,
         "G_spec": g_spec,
         "D_spec": d_spec,
-        "config": plain_config(cfg),
+        "config": config,
         **state,
     }
 
 
-def _load_training_checkpoint(path: Path) -> dict[str, Any]:
-    blob = safe_load(path)
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a cyclekit MNIST GAN checkpoint (from `gan train`)")
-    if blob.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: written by a newer cyclekit (format {blob['format_version']}); upgrade"
-        )
-    return blob
-
-
-def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+def load_gan_generator(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """The generator of a ``gan train`` checkpoint, in eval mode, and the checkpoint itself."""
-    blob = _load_training_checkpoint(Path(path))
-    G = model_from_spec(blob["G_spec"])
-    G.load_state_dict(blob["G"])
+    path = Path(path)
+    blob = load_run_checkpoint(path, CHECKPOINT_FORMAT)
+    try:
+        # A throwaway generator for the initial weights: loading must not touch global RNG.
+        G = model_from_spec(blob["G_spec"], generator=torch.Generator().manual_seed(0))
+        G.load_state_dict(blob["G"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:  # a damaged or foreign file
+        raise CheckpointError(f"{path}: incomplete or damaged checkpoint ({one_line(e)})") from None
+    if not isinstance(blob.get("config"), dict):
+        raise CheckpointError(f"{path}: holds no run config")
     return G.to(device).eval(), blob
+
+
+def check_finite(images: torch.Tensor, checkpoint: Path) -> torch.Tensor:
+    """Samples of a generator whose training diverged are NaN: say so instead of saving them."""
+    if not torch.isfinite(images).all():
+        raise CheckpointError(
+            f"{checkpoint}: the generator outputs NaN or infinite values (its training "
+            "diverged); use an earlier checkpoint or train again"
+        )
+    return images
 
 
 @torch.no_grad()

@@ -5,13 +5,20 @@ Every network is a plain ``nn.Module`` whose keyword arguments are its saved spe
 (:func:`model_spec` / :func:`model_from_spec`), so a checkpoint rebuilds without flags.
 Images are ``(B, 1, 28, 28)``; generators output tanh in [-1, 1], discriminators output logits
 (paired with ``BCEWithLogitsLoss``: the same loss as sigmoid + BCE, but numerically stable).
+
+Randomness never comes from torch's global generator when a ``torch.Generator`` is given:
+:func:`model_from_spec` draws the initial weights from it (PyTorch's default distributions),
+and :class:`SeededDropout` draws its masks from one set with :func:`use_generator`. A run is
+then fixed by its seed alone, and a program that trains a baseline keeps its own random stream.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 IMAGE_SIDE = 28
@@ -81,6 +88,32 @@ class DCGANGenerator(nn.Module):
         return self.net(h)
 
 
+class SeededDropout(nn.Module):
+    """``nn.Dropout`` that draws its masks from ``self.generator`` when one is set.
+
+    ``nn.Dropout`` can only use the global generator; a generator of the run's own (whose
+    state goes into ``last.pt``) makes a resumed run draw the masks an unbroken one would.
+    Without a generator it behaves exactly like ``nn.Dropout``. No parameters or buffers:
+    the state_dict keys are those of ``nn.Dropout``.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.generator is None:
+            return F.dropout(x, self.p, training=True)
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        return x * (keep >= self.p) / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class DCGANDiscriminator(nn.Module):
     """28x28 -> 14x14 -> 7x7 -> 1 logit with strided convs, LeakyReLU(0.2) and dropout."""
 
@@ -90,10 +123,10 @@ class DCGANDiscriminator(nn.Module):
         self.net = nn.Sequential(
             nn.Conv2d(1, c, 4, 2, 1),  # (B, 1, 28, 28) -> (B, c, 14, 14)
             nn.LeakyReLU(0.2),
-            nn.Dropout(dropout),
+            SeededDropout(dropout),
             nn.Conv2d(c, 2 * c, 4, 2, 1),  # (B, c, 14, 14) -> (B, 2c, 7, 7)
             nn.LeakyReLU(0.2),
-            nn.Dropout(dropout),
+            SeededDropout(dropout),
             nn.Flatten(),
             nn.Linear(2 * c * 7 * 7, 1),  # (B, 2c*49) -> (B, 1)
         )
@@ -193,10 +226,46 @@ def model_spec(kind: str, **kwargs: Any) -> dict[str, Any]:
     return {"kind": kind, **kwargs}
 
 
-def model_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from :func:`model_spec` output (no weights loaded)."""
+def model_from_spec(spec: dict[str, Any], generator: torch.Generator | None = None) -> nn.Module:
+    """Build a model from :func:`model_spec` output (no weights loaded).
+
+    With ``generator`` (a CPU one) the initial weights are drawn from it and torch's global
+    generator is neither used nor advanced; without, PyTorch initialises as usual.
+    """
     spec = dict(spec)
     kind = spec.pop("kind", None)
     if kind not in MNIST_MODELS:
         raise ValueError(f"unknown MNIST model {kind!r}; choose one of {', '.join(MNIST_MODELS)}")
-    return MNIST_MODELS[kind](**spec)
+    if generator is None:
+        return MNIST_MODELS[kind](**spec)
+    with torch.device("meta"):  # shapes only: PyTorch's own init would draw global randomness
+        model = MNIST_MODELS[kind](**spec)
+    return init_weights(model.to_empty(device="cpu"), generator)
+
+
+def init_weights(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """PyTorch's default initialisation of every layer, drawn from ``generator``.
+
+    Linear and (transposed) convolution weights and biases: uniform in +-1/sqrt(fan_in), which
+    is what their ``reset_parameters`` draws (kaiming_uniform with a=sqrt(5)); batch norm:
+    weight 1, bias 0, fresh running statistics.
+    """
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                w = m.weight
+                fan_in = w.shape[1] * math.prod(w.shape[2:])  # as torch.nn.init computes it
+                bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
+                w.uniform_(-bound, bound, generator=generator)
+                if m.bias is not None:
+                    m.bias.uniform_(-bound, bound, generator=generator)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_parameters()
+    return model
+
+
+def use_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+    """Make every :class:`SeededDropout` in ``model`` draw from ``generator`` (None: global)."""
+    for m in model.modules():
+        if isinstance(m, SeededDropout):
+            m.generator = generator
