@@ -122,10 +122,12 @@ TRAIN_FLAGS = {
 
 
 def _hashes(root: Path) -> dict[str, str]:
+    """Every file's hash and every folder (an empty one made by mistake counts too)."""
     return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        p.relative_to(root).as_posix(): (
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+        )
         for p in sorted(root.rglob("*"))
-        if p.is_file()
     }
 
 

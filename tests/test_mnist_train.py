@@ -272,3 +272,21 @@ def test_eval_refuses_a_weak_classifier(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(EvalError, match=r"only \d+\.\d% test accuracy.*95%"):
         # 64 images, one epoch: barely trained, as --classifier-epochs 0 used to be scored
         evaluate_checkpoint(result.checkpoint, n=200, classifier_epochs=1, log=lambda s: None)
+
+
+def test_checkpoint_of_the_previous_layout_still_resumes(tmp_path: Path) -> None:
+    # Before the shared run plumbing: batch_in_epoch, noise_rng, torch_rng, time_budget, resume.
+    data = fake_arrays(64)
+    straight = quiet(tiny_gan(tmp_path / "a", max_steps=6, epochs=3), data=data)
+    old = quiet(tiny_gan(tmp_path / "b", max_steps=3, epochs=3), data=data)
+    blob = safe_load(old.checkpoint)
+    blob["batch_in_epoch"] = blob.pop("epoch_step")
+    blob["noise_rng"] = blob.pop("rng")["noise"]
+    blob["torch_rng"] = torch.get_rng_state()
+    del blob["steps_per_epoch"]
+    blob["config"] = {**blob["config"], "time_budget": None, "resume": "auto"}
+    del blob["config"]["max_minutes"]
+    torch.save(blob, old.checkpoint)
+    resumed = quiet(tiny_gan(tmp_path / "b", max_steps=6, epochs=3), data=data, resume="auto")
+    a, b = safe_load(straight.checkpoint)["G"], safe_load(resumed.checkpoint)["G"]
+    assert resumed.step == 6 and all(torch.equal(a[k], b[k]) for k in a)  # MLP: no dropout
