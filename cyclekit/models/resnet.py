@@ -1,15 +1,32 @@
 """The ResNet generator of CycleGAN (Johnson et al. style), layer for layer as the official code.
 
 The module tree (``self.model`` as one ``nn.Sequential``, blocks with ``conv_block``) is kept
-exactly so that ``state_dict`` keys equal the official ``latest_net_G.pth`` keys.
+exactly so that ``state_dict`` keys equal the official ``latest_net_G.pth`` keys, for
+CycleGAN's strided convs and transposed convs as for CUT's anti-aliased variants.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from cyclekit.models.antialias import Downsample, Upsample
 from cyclekit.models.norm import conv_bias, norm_layer
+
+# "conv": stride-2 conv (CycleGAN). "antialias": stride-1 conv, norm, ReLU, blur-pool (CUT).
+DOWNSAMPLES = ("conv", "antialias")
+# "transpose": stride-2 transposed conv (CycleGAN). "antialias": fixed [1,3,3,1] blur upsampling
+# then a 3x3 conv (CUT). "resize-conv": nearest-neighbour x2 then a reflect-padded 3x3 conv,
+# the CycleGAN FAQ's fix for checkerboard artifacts (see RESIZE_MODE).
+UPSAMPLES = ("transpose", "resize-conv", "antialias")
+# Nearest, not bilinear: the Distill article the FAQ cites ("Deconvolution and Checkerboard
+# Artifacts", Odena et al. 2016) reports its best results with nearest-neighbour resizing, and
+# the FAQ's own text says nearest-neighbour (its snippet shows bilinear). Each output pixel of a
+# nearest x2 followed by a 3x3 conv sees an evenly weighted neighbourhood, so no checkerboard can
+# come from uneven kernel overlap, and it is the cheaper of the two.
+RESIZE_MODE = "nearest"
 
 
 class ResnetBlock(nn.Module):
@@ -42,6 +59,9 @@ class ResnetGenerator(nn.Module):
     """c7s1-ngf, d2ngf, d4ngf, n_blocks x R4ngf, u2ngf, ungf, c7s1-out, tanh.
 
     Input (N, input_nc, H, W) with H, W multiples of 4 -> output (N, output_nc, H, W) in [-1, 1].
+    ``downsample``/``upsample`` pick how the d and u layers resample (see DOWNSAMPLES and
+    UPSAMPLES); the defaults are the official CycleGAN generator, ``"antialias"`` for both the
+    official CUT one (its ``no_antialias``/``no_antialias_up`` False), each key for key.
     """
 
     def __init__(
@@ -52,10 +72,17 @@ class ResnetGenerator(nn.Module):
         n_blocks: int = 9,
         norm: str = "instance",
         use_dropout: bool = False,
+        downsample: str = "conv",
+        upsample: str = "transpose",
     ) -> None:
         super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+        if downsample not in DOWNSAMPLES:
+            raise ValueError(f"unknown downsample {downsample!r}; choose one of {DOWNSAMPLES}")
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"unknown upsample {upsample!r}; choose one of {UPSAMPLES}")
+        self.input_nc, self.downsample, self.upsample = input_nc, downsample, upsample
         make_norm, bias = norm_layer(norm), conv_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -63,33 +90,92 @@ class ResnetGenerator(nn.Module):
             make_norm(ngf),
             nn.ReLU(True),
         ]
-        # Two stride-2 downsamplings: (H, W) -> (H/2, W/2) -> (H/4, W/4), channels x2 each.
+        # Two halvings: (H, W) -> (H/2, W/2) -> (H/4, W/4), channels x2 each.
         for i in range(2):
-            mult = 2**i
-            layers += [
-                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=bias),
-                make_norm(ngf * mult * 2),
-                nn.ReLU(True),
-            ]
+            c_in, c_out = ngf * 2**i, ngf * 2 ** (i + 1)
+            if downsample == "conv":
+                layers += [
+                    nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=bias),
+                    make_norm(c_out),
+                    nn.ReLU(True),
+                ]
+            else:
+                layers += [
+                    nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=bias),
+                    make_norm(c_out),
+                    nn.ReLU(True),
+                    Downsample(c_out),
+                ]
         layers += [ResnetBlock(ngf * 4, norm, use_dropout) for _ in range(n_blocks)]
-        # Two transposed convs back up to (H, W).
+        # Two doublings back up to (H, W), channels /2 each.
         for i in range(2):
-            mult = 2 ** (2 - i)
-            layers += [
-                nn.ConvTranspose2d(
-                    ngf * mult,
-                    ngf * mult // 2,
-                    3,
-                    stride=2,
-                    padding=1,
-                    output_padding=1,
-                    bias=bias,
-                ),
-                make_norm(ngf * mult // 2),
-                nn.ReLU(True),
-            ]
+            c_in, c_out = ngf * 2 ** (2 - i), ngf * 2 ** (1 - i)
+            if upsample == "transpose":
+                layers.append(
+                    nn.ConvTranspose2d(
+                        c_in, c_out, 3, stride=2, padding=1, output_padding=1, bias=bias
+                    )
+                )
+            elif upsample == "antialias":
+                layers += [Upsample(c_in), nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)]
+            else:
+                layers += [
+                    nn.Upsample(scale_factor=2, mode=RESIZE_MODE),
+                    nn.ReflectionPad2d(1),
+                    nn.Conv2d(c_in, c_out, 3, padding=0, bias=bias),
+                ]
+            layers += [make_norm(c_out), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def check_layers(self, layers: Sequence[int]) -> list[int]:
+        """``layers`` as a list if they can be encoded, else ValueError saying why.
+
+        Valid: a non-empty, strictly increasing sequence of indices into ``self.model``
+        (``0 .. len(self.model) - 1``). CUT's default 0,4,8,12,16 needs at least 5 blocks
+        with anti-aliased downsampling.
+        """
+        out = [int(i) for i in layers]
+        if not out:
+            raise ValueError("no encoder layers given")
+        if any(b <= a for a, b in zip(out, out[1:], strict=False)):
+            raise ValueError(f"encoder layers must be strictly increasing, got {out}")
+        if out[0] < 0 or out[-1] >= len(self.model):
+            raise ValueError(
+                f"encoder layers must lie in 0..{len(self.model) - 1} for this generator, got {out}"
+            )
+        return out
+
+    def encode(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """The activations right after ``self.model[i]`` for each ``i`` in ``layers``.
+
+        As the official ``forward(x, layers, encode_only=True)``: layer 0 is the reflect-padded
+        input itself (``model[0]`` is the pad), and the pass stops after the last requested
+        layer, so the rest of the network costs nothing.
+        """
+        wanted = self.check_layers(layers)
+        feats: list[torch.Tensor] = []
+        h = x
+        for i, layer in enumerate(self.model[: wanted[-1] + 1]):
+            h = layer(h)
+            if i in wanted:
+                feats.append(h)
+        return feats
+
+    def feature_channels(self, layers: Sequence[int]) -> list[int]:
+        """The channel count of :meth:`encode`'s output for each layer, without running it.
+
+        Lets a sample head be built (and a checkpoint restored into it) before any forward.
+        """
+        wanted = self.check_layers(layers)
+        channels, c = [], self.input_nc
+        for i, layer in enumerate(self.model[: wanted[-1] + 1]):
+            # Only convs change the channel count; blocks, norms, pads and blurs keep it.
+            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+                c = layer.out_channels
+            if i in wanted:
+                channels.append(c)
+        return channels
