@@ -290,3 +290,11 @@ def test_checkpoint_of_the_previous_layout_still_resumes(tmp_path: Path) -> None
     resumed = quiet(tiny_gan(tmp_path / "b", max_steps=6, epochs=3), data=data, resume="auto")
     a, b = safe_load(straight.checkpoint)["G"], safe_load(resumed.checkpoint)["G"]
     assert resumed.step == 6 and all(torch.equal(a[k], b[k]) for k in a)  # MLP: no dropout
+
+
+def test_max_minutes_stops_with_a_saved_resumable_run(tmp_path: Path) -> None:
+    result = quiet(tiny_gan(tmp_path, max_minutes=1e-9, epochs=3), data=fake_arrays(64))
+    assert result.step == 1 and not result.finished and not result.interrupted
+    assert safe_load(result.checkpoint)["step"] == 1
+    ae = train_ae(tiny_ae(tmp_path, max_minutes=1e-9), fake_arrays(64), fake_arrays(20))
+    assert ae.step == 1 and not ae.finished

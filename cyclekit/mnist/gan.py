@@ -303,7 +303,6 @@ def train_gan(
     total = step + max(0, (cfg.epochs - epoch) * steps_per_epoch - epoch_step)
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     history: list[dict[str, float]] = []
     saved_step = -1
     stopped = False
@@ -324,6 +323,8 @@ def train_gan(
             cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, cfg.name, config, run_dir,
             tags=["mnist", "gan", cfg.arch], run_id=run_id,
         )  # fmt: skip
+        # Training time only: W&B's start-up does not count against --max-minutes.
+        deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
         bar = tqdm(total=total, initial=min(step, total), disable=not progress, desc="gan")
 
         def save_last() -> None:
