@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cyclekit.cli import main
-from cyclekit.files import safe_load
+from cyclekit.files import new_file_mode, safe_load
 from tests.mnist_fakes import write_fake_mnist
 from tests.wandb_reader import history, wait_until_complete
 
@@ -77,6 +77,8 @@ def test_readme_commands(
     assert Image.open(run / "samples.gif").n_frames == 40
     assert "resuming from" in out[README_COMMANDS[3]]
     assert Image.open(workdir / "grid.png").size == (8 * 30 + 2, 8 * 30 + 2)
+    for shared in (workdir / "grid.png", workdir / "samples" / "00000.png", run / "samples.gif"):
+        assert shared.stat().st_mode & 0o777 == new_file_mode(), shared  # not mkstemp's 0o600
     assert len(list((workdir / "samples").glob("*.png"))) == 64
     assert Image.open(workdir / "samples" / "00000.png").size == (28, 28)
     report = out[README_COMMANDS[7]]
@@ -101,6 +103,7 @@ def test_gan_train_max_steps_resume_and_json_eval(workdir: Path) -> None:
     assert report["n_samples"] == 200 and sum(report["class_histogram"]) == 200
     assert {"frechet_distance", "frechet_distance_real", "mean_confidence"} <= set(report)
     assert report["classifier_test_accuracy"] >= 0.95
+    assert (workdir / "r.json").stat().st_mode & 0o777 == new_file_mode()
     assert len(list((workdir / "cache").glob("mnist-classifier-*.pt"))) == 1
     # an earlier report may be replaced; the same numbers come back
     invoke("gan eval --checkpoint checkpoints/t/last.pt -n 200 --json r.json")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,10 @@ from torch import nn
 from cyclekit.errors import CyclekitError, UsageError
 from cyclekit.files import (
     CheckpointError,
+    atomic_path,
     atomic_save,
-    atomic_write,
     cache_dir,
+    new_file_mode,
     refuse_overwrite,
     safe_load,
 )
@@ -265,8 +267,9 @@ def evaluate_checkpoint(
     report = quality_report(fakes, clf, ref, real[pick], device)
     report = {"classifier_test_accuracy": acc, **report, "checkpoint": str(checkpoint)}
     if json_path is not None:
-        with writing(Path(json_path)), atomic_write(json_path, "w") as f:
-            json.dump(report, f, indent=2)
+        with writing(Path(json_path)), atomic_path(json_path, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+            os.chmod(tmp, new_file_mode())  # a report to share, not mkstemp's 0o600
     return report
 
 
