@@ -111,7 +111,8 @@ def test_gan_train_max_steps_resume_and_json_eval(workdir: Path) -> None:
 
 
 def test_resume_auto_restores_digits_and_refuses_changed_flags(workdir: Path) -> None:
-    invoke(f"gan train {TINY} --digits 3 --max-steps 1 --name threes")
+    out = invoke(f"gan train {TINY} --digits 3 --max-steps 1 --name threes --resume auto")
+    assert "nothing to resume at checkpoints/threes/last.pt; starting a new run" in out
     out = invoke(f"gan train {TINY} --name threes --resume auto --lr 0.5 --arch dcgan", code=1)
     assert "--lr 0.5 (run has 0.001)" in out and "--arch dcgan (run has mlp)" in out
     invoke(f"gan train {TINY} --name threes --resume auto --max-steps 2")
