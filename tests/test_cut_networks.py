@@ -235,6 +235,26 @@ def test_upsample_doubles_keeps_flat_images_flat_and_spreads_an_impulse_as_the_f
     assert torch.allclose(block, binomial_filter(4) * 4)
 
 
+@pytest.mark.filterwarnings("ignore")  # the exporters' own notices, silenced by export.py too
+@pytest.mark.parametrize("down,up", [("antialias", "antialias"), ("conv", "resize-conv")])
+def test_new_variants_script_and_export_with_dynamic_sizes(down, up, tmp_path):
+    # translate's export scripts the generator (TorchScript) or exports it to ONNX with dynamic
+    # H and W: the new layers must survive both and keep working at another size.
+    g = ResnetGenerator(ngf=4, n_blocks=1, downsample=down, upsample=up).eval()
+    x = torch.randn(1, 3, 20, 28)
+    with torch.no_grad():
+        expected = g(x)
+        assert torch.equal(torch.jit.script(g)(x), expected)
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    dynamic = {0: "n", 2: "h", 3: "w"}
+    torch.onnx.export(g, (torch.zeros(1, 3, 32, 48),), str(tmp_path / "g.onnx"),
+                      input_names=["x"], output_names=["y"], opset_version=17, dynamo=False,
+                      dynamic_axes={"x": dynamic, "y": dynamic})  # fmt: skip
+    (y,) = ort.InferenceSession(str(tmp_path / "g.onnx")).run(None, {"x": x.numpy()})
+    assert np.abs(y - expected.numpy()).max() < 1e-4
+
+
 # --- encoder features -------------------------------------------------------------------------
 
 
