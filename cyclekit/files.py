@@ -8,6 +8,7 @@ one step. A process killed at any moment leaves either the old file or the new o
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -165,12 +166,29 @@ def refuse_overwrite(
         raise OverwriteError(f"{flag} {target}: expected a name ending in {' or '.join(suffixes)}")
     for item in inputs:
         if same_file(target, item):
-            raise OverwriteError(
-                f"{flag} {target}: is also an input ({item}); choose another name"
-            )
+            raise OverwriteError(f"{flag} {target}: is also an input ({item}); choose another name")
     if (target.exists() or target.is_symlink()) and not (is_own is not None and is_own(target)):
         raise OverwriteError(
             f"{flag} {target}: already exists and is not {own_kind}, so it is not replaced; "
             "choose another name or move it away"
         )
     return target
+
+
+@functools.cache
+def new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file here: 0o666 less the umask.
+
+    ``tempfile.mkstemp`` (behind :func:`atomic_path`) creates 0o600 files; a result users
+    share (an image, a gallery page) gets this mode back before it is renamed into place.
+    """
+    try:  # Linux: read, not set, so that no other thread ever sees a changed umask
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask

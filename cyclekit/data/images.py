@@ -2,12 +2,23 @@
 
 Every decode goes through :func:`decode_image`, so training and translation treat EXIF
 orientation, palettes, alpha, CMYK and 16-bit files the same way.
+
+Image size limits: Pillow's guard against decompression bombs is one process-wide setting
+(``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 megapixels by default) that turns a large file into a
+warning or an exception from deep inside Pillow. Here the size is checked from the header,
+before any pixel is decoded, against a limit per call: Pillow's unless the caller deliberately
+allows more (``cyclekit translate`` does, for big scans). A file over the limit is an
+:class:`ImageDecodeError` like any other unreadable file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +37,47 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:  # a dangling link, or a file removed meanwhile
+        return None
+    return st.st_dev, st.st_ino
+
+
 def list_images(root: str | os.PathLike) -> list[Path]:
     """All image files below ``root`` (recursive, any letter case), sorted for determinism.
 
-    Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are skipped.
+    Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are skipped. Symbolic links
+    are followed, but each real folder is entered once and each real file listed once (by the
+    first path that reaches it in a top-down walk with sorted names), so a link loop neither
+    hangs the search nor lists one image many times.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
+        raise ImageDecodeError(f"{root}: not a folder")
     found = []
+    seen_dirs = {_identity(root)}
+    seen_files: set[tuple[int, int] | None] = set()
+    # Top-down with sorted subfolders: the walk order, and so which path of a linked folder
+    # or file is kept, is the same on every run.
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and is_image_file(name):
-                found.append(Path(dirpath) / name)
+        keep = []
+        for d in sorted(dirnames):
+            ident = _identity(os.path.join(dirpath, d))
+            if d.startswith(".") or ident is None or ident in seen_dirs:
+                continue
+            seen_dirs.add(ident)
+            keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if name.startswith(".") or not is_image_file(name):
+                continue
+            ident = _identity(os.path.join(dirpath, name))
+            if ident is not None and ident in seen_files:
+                continue
+            seen_files.add(ident)
+            found.append(Path(dirpath) / name)
     return sorted(found)
 
 
@@ -51,6 +89,9 @@ class DecodedImage:
     alpha: np.ndarray | None
     icc_profile: bytes | None
     exif: bytes | None
+    # Problems Pillow noticed but decoded past (e.g. "Corrupt EXIF data"), one line each,
+    # for the caller to report with the file's name (instead of a raw UserWarning).
+    warnings: tuple[str, ...] = field(default=())
 
     @property
     def size(self) -> tuple[int, int]:
@@ -70,27 +111,141 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
 
 
+# One lock for the two kinds of process-wide Pillow state touched here: warning filters and
+# the decompression-bomb limit. Held only around header parsing, and around the decoding of
+# an image deliberately allowed past Pillow's limit (rare, and then better one at a time).
+_PILLOW_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def pillow_warnings() -> Iterator[list[str]]:
+    """Collect the warnings Pillow emits inside the block as one-line messages.
+
+    Pillow reports damaged metadata (a cut-off EXIF block) with ``warnings.warn``, which would
+    print a raw ``UserWarning`` with Pillow's source path. ``catch_warnings`` changes
+    process-wide state, so blocks are serialised (keep them short: metadata parsing, not
+    decoding). Warnings from outside Pillow are passed on unchanged.
+    """
+    messages: list[str] = []
+    with _PILLOW_LOCK:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+        for w in caught:
+            if "PIL" in Path(w.filename).parts:
+                text = " ".join(str(w.message).split())
+                if text not in messages:
+                    messages.append(text)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+@contextlib.contextmanager
+def _without_pillow_limit() -> Iterator[int | None]:
+    """Pillow's own limit lifted inside the block (the caller checks sizes itself); yields it.
+
+    ``PIL.Image.MAX_IMAGE_PIXELS`` is one global, read inside ``open()`` and, for TIFF, inside
+    ``load()``: it is restored on exit, and the lock keeps other cyclekit threads from reading
+    the lifted value meanwhile."""
+    with _PILLOW_LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield limit
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def _open(path: Path, max_pixels: int | None, notes: list[str]) -> tuple[Image.Image, bool]:
+    """``Image.open`` (header only) with a size limit of ``max_pixels`` (None: Pillow's own,
+    ``PIL.Image.MAX_IMAGE_PIXELS``), checked here, before anything is decoded, as a one-line
+    :class:`ImageDecodeError` rather than Pillow's warning or exception. Pillow's warnings
+    about the header (a JPEG's EXIF is parsed here) are added to ``notes``.
+
+    Returns the image and whether it is over Pillow's limit (then load it with the limit
+    lifted: :func:`_load`)."""
+    if path.stat().st_size == 0:
+        raise ImageDecodeError(f"{path}: file is empty")
+    with _without_pillow_limit() as pillow_limit, pillow_warnings() as found:
+        img = Image.open(path)
+    notes += found
+    w, h = img.size
+    limit = pillow_limit if max_pixels is None else max_pixels
+    if limit is not None and w * h > limit:
+        img.close()
+        raise ImageDecodeError(
+            f"{path}: image too large ({w}x{h} px, {w * h / 1e6:.0f} megapixels; the limit is "
+            f"{limit / 1e6:.0f} megapixels)"
+        )
+    return img, pillow_limit is not None and w * h > pillow_limit
+
+
+def _load(img: Image.Image, over_pillow_limit: bool) -> None:
+    if over_pillow_limit:  # allowed by the caller: let Pillow's TIFF reader past its check
+        with _without_pillow_limit():
+            img.load()
+    else:
+        img.load()
+
+
+def image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) of ``path`` as displayed (EXIF orientation applied), from its header.
+
+    For scanning a folder quickly: nothing is decoded. Raises :class:`ImageDecodeError` (one
+    line, naming the file) for an empty, unreadable or damaged file, or one of more than
+    ``max_pixels`` pixels (default: Pillow's decompression-bomb limit, 89.5 megapixels unless
+    changed): the files :func:`decode_image` would refuse before decoding.
+    """
+    path = Path(path)
+    try:
+        img, _ = _open(path, max_pixels, [])
+        with img, pillow_warnings():
+            w, h = img.size
+            try:
+                orientation = img.getexif().get(0x0112, 1)
+            except Exception:  # broken EXIF is not worth dropping the image for
+                orientation = 1
+    except ImageDecodeError:
+        raise
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{path}: not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageDecodeError(f"{path}: cannot read image header ({e})") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def decode_image(
-    path: str | os.PathLike, channels: int = 3, composite_alpha: bool = True
+    path: str | os.PathLike,
+    channels: int = 3,
+    composite_alpha: bool = True,
+    max_pixels: int | None = None,
 ) -> DecodedImage:
     """Read ``path`` upright (EXIF orientation applied) as RGB (``channels=3``) or gray (1).
 
     Transparent images are composited on white when ``composite_alpha``; otherwise their
-    alpha channel is returned separately. Raises :class:`ImageDecodeError` on any failure.
+    alpha channel is returned separately. Raises :class:`ImageDecodeError` on any failure,
+    including a file of more than ``max_pixels`` pixels, checked before decoding (default:
+    Pillow's limit; a caller may deliberately allow more, as translate does for big scans).
     """
     path = Path(path)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    notes: list[str] = []
     try:
-        if path.stat().st_size == 0:
-            raise ImageDecodeError(f"{path}: file is empty")
-        with Image.open(path) as img:
-            img.load()  # force the full decode here so truncation errors surface now
+        img, over_pillow_limit = _open(path, max_pixels, notes)
+        with img:
+            _load(img, over_pillow_limit)  # the full decode now, so truncation errors surface
             icc = img.info.get("icc_profile")
-            img = ImageOps.exif_transpose(img)
-            # Read after the transpose: Pillow drops the Orientation tag from the rotated
-            # image's EXIF, so writing it back cannot make viewers rotate a second time.
-            exif = img.info.get("exif")
+            with pillow_warnings() as found:
+                img = ImageOps.exif_transpose(img)
+                # Read after the transpose: Pillow drops the Orientation tag from the rotated
+                # image's EXIF, so writing it back cannot make viewers rotate a second time.
+                exif = img.info.get("exif")
+            notes += [n for n in found if n not in notes]
+            if notes:
+                exif = None  # damaged: not worth copying into an output
             alpha = None
             if img.mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -111,7 +266,7 @@ def decode_image(
         raise ImageDecodeError(f"{path}: no such file") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{path}: not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"{path}: cannot decode image ({e})") from None
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
@@ -119,4 +274,4 @@ def decode_image(
         a = alpha.astype(np.float32)[:, :, None] / 255.0
         pixels = np.rint(pixels * a + 255.0 * (1.0 - a)).astype(np.uint8)
         alpha = None
-    return DecodedImage(pixels=pixels, alpha=alpha, icc_profile=icc, exif=exif)
+    return DecodedImage(pixels, alpha, icc, exif, tuple(notes))
