@@ -76,6 +76,27 @@ def cli(*args: str, catch: bool = False) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=catch)
 
 
+def assert_user_error(r: Result, *needles: str, code: int = 1) -> str:
+    """``r`` failed as a user mistake: exit ``code``, no traceback, exactly one ``Error:`` line
+    (one line, not wrapped) that contains every needle (the file or flag). Returns that line."""
+    assert r.exit_code == code, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    lines = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, r.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def visible_files(root: Path) -> list[str]:
+    """Relative paths of the non-hidden files below ``root`` (what a user sees), sorted."""
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
 def tree_hashes(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
