@@ -287,9 +287,10 @@ def test_wandb_offline_records_losses_lr_images_and_config(tmp_path):
         "lr/G",
         "lr/D",
         "perf/images_per_s",
-        "samples/_type",
     ):
         assert all(key in row for row in rows), key
+    # wandb >= 0.18 records an image as nested keys, older versions as one JSON value.
+    assert all("samples/_type" in row or "image-file" in row.get("samples", "") for row in rows)
     assert {"crop_size", "ngf", "gan_mode", "lambda_identity"} <= config_keys(files[0])
     assert list((files[0].parent / "files" / "media" / "images").glob("samples_*.png"))
     run_id = safe_load(run_dir / "last.pt")["wandb_run_id"]
@@ -665,7 +666,10 @@ def test_auto_falls_back_when_wandb_itself_fails_to_start(tmp_path, wandb_env, m
     monkeypatch.setattr(tracking, "WandbTracker", Flaky)
     fail = {"online"}
     tracker = tracking.start_tracker("auto", "p", None, "n", {}, tmp_path)
-    assert started == [("online", tracking.AUTO_INIT_TIMEOUT), ("offline", None)]
+    assert started == [
+        ("online", tracking.AUTO_INIT_TIMEOUT),
+        ("offline", tracking.AUTO_INIT_TIMEOUT),
+    ]
     assert isinstance(tracker, Flaky)
     err = capsys.readouterr().err
     assert "online run did not start (CommError: Timed out while retrying)" in err

@@ -236,6 +236,17 @@ class WandbTracker:
         self._call("finish", self.run.finish)
 
 
+def _reset_wandb() -> None:
+    """Shut down wandb's service after a failed start: some versions (0.17) otherwise hang
+    the next ``wandb.init`` in this process until its timeout."""
+    try:
+        import wandb
+
+        wandb.teardown()
+    except Exception:  # noqa: BLE001, S110 - best effort; the retry reports its own failure
+        pass
+
+
 def start_tracker(
     mode: str,
     project: str,
@@ -268,8 +279,11 @@ def start_tracker(
         except Exception as e:  # noqa: BLE001 - any failure: fall back, never stop the run
             _warn(f"W&B online run did not start ({_first_line(e)}); logging offline instead")
             mode = "offline"
+            _reset_wandb()
     try:
-        return WandbTracker(mode, *args)
+        return WandbTracker(
+            mode, *args, init_timeout=AUTO_INIT_TIMEOUT if asked == "auto" else None
+        )
     except Exception as e:  # noqa: BLE001
         _warn(f"W&B could not start ({_first_line(e)}); training without tracking")
         return NullTracker()
