@@ -16,7 +16,16 @@ from PIL import Image, ImageCms
 
 from cyclekit.generator_io import load_generator
 from cyclekit.translate.engine import TranslateOptions, plan_jobs, translate_paths
-from tests.test_translate_common import cli, make_generator, photo, save_photo, tree_hashes
+from cyclekit.translate.image_io import PARTIAL_SUFFIX
+from tests.test_translate_common import (
+    assert_user_error,
+    cli,
+    make_generator,
+    photo,
+    save_photo,
+    tree_hashes,
+    visible_files,
+)
 
 
 @pytest.fixture
@@ -112,10 +121,7 @@ def test_bad_files_are_listed_and_the_rest_translated(tmp_path: Path, gen: Path)
     ]:
         assert any(str(inp / name) in e and why in e for e in errors), (name, errors)
     assert "done 2, skipped 0, failed 4" in r.output
-    assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == [
-        "good1.jpg",
-        "good2.png",
-    ]
+    assert visible_files(tmp_path / "out") == ["good1.jpg", "sub/good2.png"]
     lines = [json.loads(s) for s in report.read_text().splitlines()]
     assert sorted(e["status"] for e in lines) == ["done"] * 2 + ["failed"] * 4
     assert tree_hashes(inp) == before
@@ -146,8 +152,8 @@ def test_subfolders_are_mirrored_and_names_never_collide(tmp_path: Path, gen: Pa
         save_photo(inp / rel, 12, 12, seed=len(rel))
     r = _translate(inp, tmp_path / "out", gen, "--format", "png")
     assert r.exit_code == 0, r.output
-    outs = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png"))
-    assert outs == ["a/x.png", "b/x.png", "x.png", "x_png.png"]
+    # x.png is already a PNG and keeps its name; the JPEGs get .png after theirs.
+    assert visible_files(tmp_path / "out") == ["a/x.jpg.png", "b/x.jpg.png", "x.jpg.png", "x.png"]
     # Globs keep the folders below their fixed part.
     r = cli(
         "translate",
@@ -171,28 +177,34 @@ def test_never_overwrites_an_input(tmp_path: Path, gen: Path) -> None:
     save_photo(inp / "a.png", 16, 16)
     save_photo(inp / "b.png", 16, 16, seed=1)
     before = tree_hashes(inp)
-    for args in ([str(inp)], [str(inp / "a.png")]):
-        r = cli("translate", *args, "-o", str(inp), "--checkpoint", str(gen), "--no-progress")
-        assert r.exit_code != 0
-        assert "would overwrite an input" in r.output
+    # The inputs' folder itself (also when no name would clash), or a folder above it.
+    for args, out in [
+        ([str(inp)], inp),
+        ([str(inp / "a.png")], inp),
+        ([str(inp), "--format", "webp"], inp),
+        ([str(inp)], tmp_path),
+    ]:
+        r = cli("translate", *args, "-o", str(out), "--checkpoint", str(gen), "--no-progress")
+        assert_user_error(r, f"Error: -o {out}: the output folder holds the input")
     assert tree_hashes(inp) == before
+    assert visible_files(tmp_path) == ["G_ab.pt", "in/a.png", "in/b.png"]
     # An output folder inside the input folder is fine, and its images are not inputs later.
     for _ in range(2):
         r = _translate(inp, inp / "out", gen)
         assert r.exit_code == 0 and "done 2," in r.output, r.output
-    assert sorted(p.name for p in (inp / "out").iterdir()) == ["a.png", "b.png"]
+    assert visible_files(inp / "out") == ["a.png", "b.png"]
     assert {k: v for k, v in tree_hashes(inp).items() if not k.startswith("out")} == before
 
 
 def test_an_output_that_is_the_same_file_as_an_input_is_refused(tmp_path: Path, gen: Path) -> None:
-    # On case-insensitive file systems (macOS, Windows) IMG.jpg and IMG.JPG are one file, so a
+    # On case-insensitive file systems (macOS, Windows) IMG.png and IMG.PNG are one file, so a
     # name comparison is not enough. A hard link gives the same situation on any system.
     inp, out = tmp_path / "in", tmp_path / "out"
     save_photo(inp / "IMG.png", 16, 16)
     out.mkdir()
-    os.link(inp / "IMG.png", out / "IMG.jpg")
+    os.link(inp / "IMG.png", out / "IMG.png")
     before = tree_hashes(inp)
-    r = _translate(inp, out, gen, "--format", "jpg")
+    r = _translate(inp, out, gen)
     assert r.exit_code != 0 and "would overwrite an input" in r.output, r.output
     assert tree_hashes(inp) == before
 
@@ -204,6 +216,8 @@ def test_resize_options(tmp_path: Path, gen: Path) -> None:
     cases = [
         (["--max-size", "64"], (300, 200)),
         (["--max-size", "64", "--keep-resized"], (64, 43)),
+        # No side below 4 px, and the aspect ratio kept: 6x4, not 4x4.
+        (["--max-size", "2", "--keep-resized"], (6, 4)),
         (["--resize", "32x48"], (300, 200)),
         (["--resize", "32x48", "--keep-resized"], (32, 48)),
     ]
@@ -213,7 +227,11 @@ def test_resize_options(tmp_path: Path, gen: Path) -> None:
         out = Image.open(tmp_path / f"o{i}" / "p.png")
         assert (out.size, out.mode) == (size, "RGBA")
     r = _translate(tmp_path / "in", tmp_path / "bad", gen, "--resize", "big")
-    assert r.exit_code != 0 and "WIDTHxHEIGHT" in r.output
+    assert r.exit_code != 0 and "--resize 'big' is not WIDTHxHEIGHT" in r.output
+    # Both at once: one would be ignored, so neither is guessed.
+    r = _translate(tmp_path / "in", tmp_path / "bad", gen, "--resize", "32x48", "--max-size", "9")
+    assert_user_error(r, "--resize and --max-size cannot be combined")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_output_format_and_quality(tmp_path: Path, gen: Path) -> None:
@@ -222,11 +240,11 @@ def test_output_format_and_quality(tmp_path: Path, gen: Path) -> None:
     Image.fromarray(rgba, "RGBA").save(tmp_path / "in" / "clear.png")
     r = _translate(tmp_path / "in", tmp_path / "j", gen, "--format", "jpg", "--quality", "80")
     assert r.exit_code == 0, r.output
-    out = Image.open(tmp_path / "j" / "clear.jpg")
+    out = Image.open(tmp_path / "j" / "clear.png.jpg")
     assert out.format == "JPEG" and out.mode == "RGB"
     assert np.asarray(out).min() > 240  # fully transparent: composited on white, as decoding
     r = _translate(tmp_path / "in", tmp_path / "w", gen, "--format", "webp")
-    assert Image.open(tmp_path / "w" / "clear.webp").mode == "RGBA"
+    assert Image.open(tmp_path / "w" / "clear.png.webp").mode == "RGBA"
 
 
 def test_interrupted_run_resumes_with_skip_existing(tmp_path: Path, gen: Path, monkeypatch) -> None:
@@ -247,18 +265,18 @@ def test_interrupted_run_resumes_with_skip_existing(tmp_path: Path, gen: Path, m
     assert r.exit_code == 130
     assert "--skip-existing" in r.output
     monkeypatch.setattr(Image.Image, "save", real_save)
-    written = sorted(p.name for p in out.iterdir())
+    written = visible_files(out)
     # The interrupted image is not there, not even half; images the writer thread had already
     # taken on may have completed (2 or 3 files, depending on thread timing).
     assert "im2.png" not in written and 2 <= len(written) <= 3
-    assert not any(p.startswith(".") for p in written)
+    assert not list(out.glob(f".*{PARTIAL_SUFFIX}"))
     for name in written:
         Image.open(out / name).load()  # complete images only
-    first = tree_hashes(out)
+    first = {k: v for k, v in tree_hashes(out).items() if not k.startswith(".")}
     r = _translate(inp, out, gen, "--skip-existing")
     assert r.exit_code == 0, r.output
     assert f"done {5 - len(written)}, skipped {len(written)}, failed 0" in r.output
-    assert sorted(p.name for p in out.iterdir()) == [f"im{i}.png" for i in range(5)]
+    assert visible_files(out) == [f"im{i}.png" for i in range(5)]
     assert {k: tree_hashes(out)[k] for k in first} == first  # skipped outputs untouched
 
 
@@ -295,7 +313,7 @@ def test_killed_process_leaves_only_complete_images(tmp_path: Path, gen: Path) -
     assert r.exit_code == 0, r.output
     assert f"skipped {len(finished)}," in r.output
     assert len(list(out.glob("*.png"))) == 24
-    assert not list(out.glob(".*"))  # the killed run's temporary file is cleaned up
+    assert not list(out.glob(f".*{PARTIAL_SUFFIX}"))  # the killed run's temporary file is gone
 
 
 def test_same_size_images_are_batched_and_match_single(tmp_path: Path, gen: Path) -> None:
@@ -305,30 +323,30 @@ def test_same_size_images_are_batched_and_match_single(tmp_path: Path, gen: Path
     model, info = load_generator(gen)
     shapes: list[tuple[int, ...]] = []
     model.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape)))
-    results = {}
     for bs in (4, 1):
         opts = TranslateOptions(
             tmp_path / f"b{bs}", batch_size=bs, precision="fp32", progress=False
         )
         report = translate_paths([str(tmp_path / "in")], model, info, opts)
         assert (report.done, report.exit_code) == (5, 0)
-        results[bs] = tree_hashes(tmp_path / f"b{bs}")
     assert (4, 3, 24, 32) in shapes and (1, 3, 24, 40) in shapes
-    for name in results[1]:
+    for name in visible_files(tmp_path / "b1"):
         a = np.asarray(Image.open(tmp_path / "b4" / name), np.int16)
         b = np.asarray(Image.open(tmp_path / "b1" / name), np.int16)
         assert np.abs(a - b).max() <= 1
 
 
-def test_plan_is_deterministic_and_refuses_a_file_as_output(tmp_path: Path) -> None:
+def test_plan_is_deterministic_and_refuses_a_file_as_output(tmp_path: Path, gen: Path) -> None:
     for rel in ("b/x.jpg", "a/x.jpg"):
         save_photo(tmp_path / "in" / rel, 8, 8)
     jobs1, _ = plan_jobs([str(tmp_path / "in")], tmp_path / "out")
     jobs2, _ = plan_jobs([str(tmp_path / "in")], tmp_path / "out")
     assert [j.dst for j in jobs1] == [j.dst for j in jobs2]
     (tmp_path / "file").write_text("x")
-    r = cli("translate", str(tmp_path / "in"), "-o", str(tmp_path / "file"), "--checkpoint", "x")
-    assert r.exit_code != 0
+    # A valid checkpoint, so that it is the output folder check that answers.
+    r = _translate(tmp_path / "in", tmp_path / "file", gen)
+    assert_user_error(r, f"Error: -o {tmp_path / 'file'}: exists and is not a folder")
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_help_teaches_and_cli_import_is_light() -> None:

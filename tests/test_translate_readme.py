@@ -63,7 +63,7 @@ def test_readme_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert log == ["/style_monet.pth"]  # downloaded once, reused by every later command
     assert Image.open("stylised/trip/IMG_0001.jpg").size == (48, 64)
     assert Image.open("stylised/big_scan.tif").size == (1100, 300)
-    assert Image.open("previews/IMG_0001.webp").size == (64, 48)
+    assert Image.open("previews/IMG_0001.jpg.webp").size == (64, 48)  # .webp after its name
     assert Path("stylised/index.html").is_file() and Path("h2z.ts").is_file()
     assert len(Path("report.jsonl").read_text().splitlines()) == 2
     assert np.asarray(Image.open("zebras/IMG_0001.jpg")).shape == (48, 64, 3)

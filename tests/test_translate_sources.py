@@ -14,8 +14,9 @@ from PIL import Image
 
 from cyclekit.data.images import decode_image
 from cyclekit.generator_io import load_generator
-from cyclekit.translate.tiling import make_runner, pad_image, padded_size, to_tensor
+from cyclekit.translate.tiling import make_runner, pad_image, padded_size, to_model_input
 from tests.test_translate_common import (
+    assert_user_error,
     cli,
     make_official,
     make_train_checkpoint,
@@ -28,10 +29,12 @@ OFFICIAL = ["resnet9_ngf16_nodropout", "resnet6_ngf16_dropout"]
 
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_parity_with_official_outputs(official_fixtures: Path, name: str, tmp_path: Path) -> None:
+    # The one test of parity with the official code's outputs (no copies elsewhere).
     model, info = load_generator(official_fixtures / f"{name}.pth")
     assert info["format"] == "official"
+    assert info["spec"]["use_dropout"] == name.endswith("_dropout")  # read off the keys
     img = decode_image(official_fixtures / "input_n02381460_1000.jpg")
-    x = to_tensor(pad_image(img.pixels, padded_size(256, 256, info["spec"]))[None])
+    x = to_model_input(pad_image(img.pixels, padded_size(256, 256, info["spec"]))[None])
     y = make_runner(model, torch.device("cpu"), "fp32")(x)[0].numpy()
     expected = np.load(official_fixtures / f"{name}_output.npy")
     np.testing.assert_allclose(y, expected, atol=1e-5, rtol=0)
@@ -51,7 +54,7 @@ def test_parity_with_official_outputs(official_fixtures: Path, name: str, tmp_pa
         "--no-progress",
     )
     assert r.exit_code == 0, r.output
-    ours = np.asarray(Image.open(tmp_path / "input_n02381460_1000.png"), np.int16)
+    ours = np.asarray(Image.open(tmp_path / "input_n02381460_1000.jpg.png"), np.int16)
     theirs = np.asarray(Image.open(official_fixtures / f"{name}_output.png"), np.int16)
     assert ours.shape == theirs.shape == (256, 256, 3)
     assert 0 <= (ours - theirs).min() and (ours - theirs).max() <= 1
@@ -118,10 +121,10 @@ def test_unreadable_checkpoint_is_one_clear_line(tmp_path: Path) -> None:
         "--checkpoint",
         str(tmp_path / "junk.pth"),
     )
-    assert r.exit_code != 0
-    assert "junk.pth: not a readable PyTorch checkpoint" in r.output
+    line = assert_user_error(r, f"{tmp_path / 'junk.pth'}: ")
+    assert "PyTorch checkpoint" in line and "weights_only" not in line
     r = cli("translate", str(tmp_path / "in"), "-o", str(tmp_path / "o"))
-    assert r.exit_code != 0 and "exactly one of --checkpoint PATH or --model NAME" in r.output
+    assert_user_error(r, "exactly one of --checkpoint PATH or --model NAME")
 
 
 # -- pretrained models by name, from a server on 127.0.0.1 --------------------------------------

@@ -11,11 +11,11 @@ from PIL import Image
 
 import cyclekit.translate.tiling as tiling
 from cyclekit.models import build_generator
-from tests.test_translate_common import cli, make_generator, photo
+from tests.test_translate_common import assert_user_error, cli, make_generator, photo
 
-# Measured on a 1024x1024 photo-like image, random-init resnet_6blocks ngf=4, fp32, in the
-# generator's [-1, 1] output units: tile 512 -> max 1.9e-3, mean 3.6e-5; tile 256 -> max 1.9e-3,
-# mean 1.0e-4 (default overlap 128 px; ngf=16, 9 blocks, tile 512: max 4.5e-3, mean 5e-5).
+# Measured on a 512x512 photo-like image, random-init resnet_6blocks ngf=4, fp32, in the
+# generator's [-1, 1] output units: tile 256 -> max 1.7e-3, mean 6.8e-5; tile 384 -> max 1.6e-3,
+# mean 3.4e-5 (default overlap 128 px). At 1024x1024: tile 512 -> max 1.9e-3, mean 3.6e-5.
 # Differences come only from the receptive field of the tiles' cut edges, which the blend
 # weights down. Naive tiles (each with its own statistics) differ by up to ~1.
 TILED_MAX, TILED_MEAN = 1e-2, 2e-4
@@ -25,11 +25,11 @@ TILED_MAX, TILED_MEAN = 1e-2, 2e-4
 def model_and_image() -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model = build_generator("resnet_6blocks", ngf=4).eval()
-    return model, tiling.to_tensor(photo(1024, 1024)[None])
+    return model, tiling.to_model_input(photo(512, 512)[None])
 
 
-@pytest.mark.parametrize("tile", [512, 256])
-def test_tiled_matches_untiled_on_1024(model_and_image, tile: int) -> None:
+@pytest.mark.parametrize("tile", [256, 384])
+def test_tiled_matches_untiled(model_and_image, tile: int) -> None:
     model, x = model_and_image
     run = tiling.make_runner(model, torch.device("cpu"), "fp32")
     ref = run(x)
@@ -37,13 +37,18 @@ def test_tiled_matches_untiled_on_1024(model_and_image, tile: int) -> None:
     d = (y - ref).abs()
     print(f"tile {tile}: max {d.max():.2e} mean {d.mean():.2e}")
     assert d.max() < TILED_MAX and d.mean() < TILED_MEAN
-    if tile != 512:
+    # Big scans stay uint8 and are converted a tile at a time: the same numbers.
+    pixels = torch.from_numpy(photo(512, 512)).permute(2, 0, 1)[None]
+    torch.testing.assert_close(
+        tiling.run_tiled(model, pixels, run, tile, multiple=4, batch_size=2), y, atol=0, rtol=0
+    )
+    if tile != 256:
         return
     # Without shared statistics the same tiles disagree badly: the problem being solved.
     naive = torch.zeros_like(ref)
     with torch.inference_mode():
-        for t in range(0, 1024, tile):
-            for s in range(0, 1024, tile):
+        for t in range(0, 512, tile):
+            for s in range(0, 512, tile):
                 naive[:, :, t : t + tile, s : s + tile] = model(x[:, :, t : t + tile, s : s + tile])
     assert (naive - ref).abs().max() > 20 * TILED_MAX
 
@@ -54,11 +59,23 @@ def test_tile_plan_is_aligned_and_weights_sum_to_one() -> None:
         assert all(s % 4 == 0 for s in starts) and starts[0] == 0
         assert starts[-1] + min(tile, length) == length
         assert all(b - a <= tile - 64 for a, b in zip(starts, starts[1:], strict=False))
-    th, tw, boxes, wins = tiling._plan(1000, 760, 256, 64, 4)
+    th, tw, rows, cols = tiling._plan(1000, 760, 256, 64, 4)
     total = torch.zeros(1000, 760)
-    for (t, s), w in zip(boxes, wins, strict=True):
-        total[t : t + th, s : s + tw] += w
+    for t, wh in rows:
+        for s, ww in cols:
+            total[t : t + th, s : s + tw] += wh[:, None] * ww[None, :]
     torch.testing.assert_close(total, torch.ones_like(total))
+
+
+def test_tiles_below_the_minimum_are_refused(tmp_path: Path) -> None:
+    gen = make_generator(tmp_path / "g.pt")
+    Image.fromarray(photo(40, 30)).save(tmp_path / "a.png")
+    r = cli(
+        "translate", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--checkpoint", str(gen),
+        "--tile", str(tiling.MIN_TILE - 4),
+    )  # fmt: skip
+    assert_user_error(r, f"--tile {tiling.MIN_TILE - 4}: tiles smaller than {tiling.MIN_TILE}")
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_tile_and_automatic_tiling(tmp_path: Path, monkeypatch) -> None:

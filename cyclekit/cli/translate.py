@@ -11,10 +11,16 @@ from typing import Any
 
 import click
 
-DIRECTION = click.Choice(["a2b", "b2a"])
+from cyclekit.cli.common import CONTEXT, DEVICE, choice, user_errors
+
+DIRECTION = choice(["a2b", "b2a"])
+# Kept equal to cyclekit.translate.tiling.MIN_TILE and image_io.MAX_PIXELS (a test checks):
+# importing them here would load torch for `--help`.
+MIN_TILE = 256
+MAX_MEGAPIXELS = 400
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option(
     "-o",
@@ -22,7 +28,8 @@ DIRECTION = click.Choice(["a2b", "b2a"])
     "output_dir",
     required=True,
     type=click.Path(path_type=Path),
-    help="Folder for the results (created; never one that holds the inputs).",
+    help="Folder for the results (created). Never the inputs' folder or one above it; "
+    "a new subfolder of it is fine.",
 )
 @click.option(
     "--checkpoint",
@@ -43,11 +50,16 @@ DIRECTION = click.Choice(["a2b", "b2a"])
 )
 @click.option(
     "--max-size",
-    type=int,
+    type=click.IntRange(min=1),
     metavar="N",
-    help="Run the model with the long side at most N px (faster, less detail).",
+    help="Run the model with the long side at most N px (faster, less detail), keeping the "
+    "aspect ratio (no side below 4 px).",
 )
-@click.option("--resize", metavar="WxH", help="Run the model at exactly WxH px, e.g. 256x256.")
+@click.option(
+    "--resize",
+    metavar="WxH",
+    help="Run the model at exactly WxH px, e.g. 256x256 (not with --max-size).",
+)
 @click.option(
     "--keep-resized",
     is_flag=True,
@@ -57,14 +69,16 @@ DIRECTION = click.Choice(["a2b", "b2a"])
     "--tile",
     type=int,
     metavar="N",
-    help="Translate large images in overlapping N-px tiles (less memory). "
-    "Without it, images too large for memory are tiled automatically.",
+    help=f"Translate in overlapping N-px tiles (less memory), N >= {MIN_TILE}: smaller tiles "
+    "change the result visibly. Without it, images too large for memory are tiled "
+    f"automatically. Scans up to {MAX_MEGAPIXELS} megapixels are accepted.",
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jpg", "png", "webp"]),
-    help="Output format. Default: the same as each input.",
+    type=choice(["jpg", "png", "webp"]),
+    help="Output format. Default: the same as each input, under the same name. With a "
+    "format, an input in another one gets .FORMAT after its name (x.png -> x.png.webp).",
 )
 @click.option(
     "--quality",
@@ -76,14 +90,16 @@ DIRECTION = click.Choice(["a2b", "b2a"])
 @click.option(
     "--skip-existing",
     is_flag=True,
-    help="Skip inputs whose output exists: resumes an interrupted run.",
+    help="Skip inputs whose output (by the naming rule) an earlier run wrote: resumes an "
+    "interrupted run.",
 )
 @click.option(
     "--report",
     "report_path",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE.jsonl",
-    help="Write one JSON line per input (status, reason, time).",
+    help="Write one JSON line per input (status, reason, seconds of work) to a new "
+    ".jsonl file (or an earlier report).",
 )
 @click.option(
     "--gallery",
@@ -96,10 +112,10 @@ DIRECTION = click.Choice(["a2b", "b2a"])
     default=None,
     help="Images of the same size run together. Default: 1 on CPU (fastest there), 8 on CUDA.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    type=choice(["auto", "fp32", "bf16", "fp16"]),
     default="auto",
     show_default=True,
     help="auto: bf16 on CPU and CUDA (2-3x faster, visually identical); fp32: exact.",
@@ -139,12 +155,14 @@ def translate(
       cyclekit translate big.tif -o out/ --checkpoint G_ab.pt --tile 1024 --format png
       cyclekit translate photos/ -o out/ --checkpoint G_ab.pt --skip-existing   # resume
 
-    Folders are searched recursively and their subfolders recreated in OUTPUT. A file that
-    cannot be translated is reported on one line and the rest go on; the exit status is
-    0 only if every file succeeded.
+    Folders are searched recursively and their subfolders recreated in OUTPUT. An output
+    has its input's path below the folder (or glob) it was found in, or a file's own name,
+    whatever other files exist; two inputs that would share one output name are both
+    reported, never renamed. A file that cannot be translated is reported on one line and
+    the rest go on; the exit status is 0 only if every file succeeded. Nothing is ever
+    written over an input or over a file in OUTPUT that an earlier run did not write.
     """
     from cyclekit.translate.engine import (
-        TranslateError,
         TranslateOptions,
         load_model,
         parse_size,
@@ -152,11 +170,10 @@ def translate(
     )
 
     try:
-        opts = TranslateOptions(resize=parse_size(resize) if resize else None, **options)
-        model, info = load_model(checkpoint, model_name, direction)
-        report = translate_paths(inputs, model, info, opts)
-    except TranslateError as e:
-        raise click.ClickException(str(e)) from None
+        with user_errors():
+            opts = TranslateOptions(resize=parse_size(resize) if resize else None, **options)
+            model, info = load_model(checkpoint, model_name, direction)
+            report = translate_paths(inputs, model, info, opts)
     except KeyboardInterrupt:
         click.echo(
             "interrupted: finished images are complete; rerun with --skip-existing to resume",
@@ -169,7 +186,7 @@ def translate(
     sys.exit(report.exit_code)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @click.option(
     "--checkpoint",
     required=True,
@@ -181,9 +198,9 @@ def translate(
     "--format",
     "fmt",
     required=True,
-    type=click.Choice(["onnx", "torchscript", "official"]),
-    help="onnx / torchscript: run without cyclekit; official: a latest_net_G.pth-style "
-    "state_dict for the official CycleGAN code.",
+    type=choice(["onnx", "torchscript", "official"]),
+    help="onnx / torchscript: run without cyclekit, on any image height and width; "
+    "official: a latest_net_G.pth-style state_dict for the official CycleGAN code.",
 )
 @click.option(
     "-o",
@@ -191,13 +208,15 @@ def translate(
     "output",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="File to write.",
+    help="File to write: a new one, or an earlier export in the same format (never the "
+    "checkpoint or another file).",
 )
 def export(checkpoint: Path, direction: str | None, fmt: str, output: Path) -> None:
-    """Export a generator for use without cyclekit (any image height and width).
+    """Export a generator for use without cyclekit.
 
-    The exported model takes a float32 (N, C, H, W) tensor in [-1, 1] and returns the
-    translated image in [-1, 1] at the same size.
+    An ONNX or TorchScript export takes a float32 (N, C, H, W) tensor in [-1, 1], any H and
+    W (1x1 included, every architecture), and returns the translated image in [-1, 1] at the
+    same size.
 
     \b
     Examples:
@@ -206,12 +225,11 @@ def export(checkpoint: Path, direction: str | None, fmt: str, output: Path) -> N
       cyclekit export --checkpoint latest_net_G.pth --format onnx -o h2z.onnx
       cyclekit export --checkpoint checkpoints/h2z/G_ab.pt --format official -o latest_net_G_A.pth
     """
-    from cyclekit.translate.engine import TranslateError, load_model
-    from cyclekit.translate.export import ExportError, export_generator
+    from cyclekit.translate.engine import load_model
+    from cyclekit.translate.export import check_export_target, export_generator
 
-    try:
+    with user_errors():
+        check_export_target(output, fmt, checkpoint)  # before loading: fail fast
         model, info = load_model(checkpoint, None, direction)
         export_generator(model, info, fmt, output)
-    except (TranslateError, ExportError) as e:
-        raise click.ClickException(str(e)) from None
     click.echo(f"wrote {output}", err=True)

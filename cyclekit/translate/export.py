@@ -157,6 +157,13 @@ def export_generator(
     Checks ``dst`` first with :func:`check_export_target` (``info["path"]``, when present,
     is the checkpoint the model came from)."""
     dst = check_export_target(dst, fmt, info.get("path"))
+    try:
+        return _write_export(model, info, fmt, dst)
+    except OSError as e:  # the user's file system: read-only folder, disk full
+        raise ExportError(f"-o {dst}: cannot write ({e.strerror or e})") from None
+
+
+def _write_export(model: nn.Module, info: dict[str, Any], fmt: str, dst: Path) -> Path:
     spec = info["spec"]
     if fmt == "official":
         # A bare state_dict, as the official code's latest_net_G.pth: its test.py loads it with

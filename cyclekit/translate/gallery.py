@@ -16,11 +16,22 @@ from typing import Any
 from PIL import Image
 
 from cyclekit.data.images import ImageDecodeError, decode_image
+from cyclekit.errors import CyclekitError
+from cyclekit.files import atomic_path, new_file_mode
+from cyclekit.translate.image_io import MAX_PIXELS
 
 THUMB_SIDE = 320
 
+
+class GalleryError(CyclekitError):
+    """The page cannot be written; ``str()`` is one line naming it."""
+
+
+GENERATOR_MARK = '<meta name="generator" content="cyclekit translate --gallery">'
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
+{mark}
 <title>cyclekit: {title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5rem; background: #f6f6f4; color: #222; }}
@@ -59,14 +70,25 @@ def _href(target: Path, page_dir: Path) -> str:
     return urllib.request.pathname2url(os.path.relpath(target, page_dir))
 
 
+def is_gallery_page(path: Path) -> bool:
+    """Whether ``path`` is a page this module wrote (so a new gallery may replace it)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(2048)
+    except OSError:
+        return False
+    # Pages from before the mark had only the title to go by.
+    return GENERATOR_MARK in head or "<title>cyclekit: " in head
+
+
 def _thumbnail(src: Path, dst: Path) -> None:
-    img = decode_image(src)  # upright, alpha composited on white
+    # Upright, alpha composited on white; as large as translate accepts (a scan's preview).
+    img = decode_image(src, max_pixels=MAX_PIXELS)
     thumb = Image.fromarray(img.pixels[:, :, 0] if img.pixels.shape[2] == 1 else img.pixels)
     thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.partial")
-    thumb.save(tmp, format="JPEG", quality=85)
-    os.replace(tmp, dst)
+    with atomic_path(dst, suffix=".jpg") as tmp:
+        thumb.save(tmp, format="JPEG", quality=85)
+        os.chmod(tmp, new_file_mode())  # readable like any web page's image
 
 
 def _figure(entry: dict[str, Any], out_dir: Path, thumbs: Path) -> str:
@@ -105,10 +127,16 @@ def write_gallery(out_dir: str | os.PathLike, entries: Sequence[dict[str, Any]])
     failed = sum(e["status"] == "failed" for e in entries)
     summary = f"{ok} images translated" + (f", {failed} failed." if failed else ".")
     page = _PAGE.format(
-        title=html.escape(out_dir.name or "gallery"), summary=summary, figures=figures
+        mark=GENERATOR_MARK,
+        title=html.escape(out_dir.name or "gallery"),
+        summary=summary,
+        figures=figures,
     )
     dst = out_dir / "index.html"
-    tmp = out_dir / ".index.html.partial"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, dst)
+    try:
+        with atomic_path(dst) as tmp:
+            tmp.write_bytes(page.encode("utf-8"))
+            os.chmod(tmp, new_file_mode())
+    except OSError as e:  # disk full, permissions: the images are written, the page is not
+        raise GalleryError(f"--gallery: cannot write {dst} ({e.strerror})") from None
     return dst

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cyclekit.data.images import ImageDecodeError, decode_image
+from cyclekit.data.images import ImageDecodeError, decode_image, pillow_warnings
+from cyclekit.files import atomic_path, new_file_mode
 
 # Output extension -> Pillow format. JPEG cannot hold alpha; BMP cannot hold metadata.
 FORMATS = {
@@ -26,6 +27,10 @@ FORMATS = {
 }
 MIN_SIDE = 4  # smaller "images" are icons or broken files, not something to stylise
 PARTIAL_SUFFIX = ".cyclekit-partial"
+# The largest input translate decodes: 400 megapixels (e.g. a 20000 x 20000 scan). Far above
+# Pillow's default limit (89 megapixels), deliberately: such scans go through the tiling path,
+# which holds the image as uint8 and about 18 bytes a pixel in all (7 GB at the limit).
+MAX_PIXELS = 400_000_000
 
 
 @dataclass
@@ -47,23 +52,30 @@ class Prepared:
     alpha: np.ndarray | None
     icc: bytes | None
     exif: bytes | None
-    started: float
+    seconds: float  # spent decoding and resizing (not waiting in a queue)
+    warnings: tuple[str, ...] = ()  # what Pillow noticed but decoded past (damaged EXIF)
 
 
-def _work_size(
+def work_size(
     h: int, w: int, resize: tuple[int, int] | None, max_size: int | None
 ) -> tuple[int, int]:
+    """(h, w) to run the model at: ``resize`` = (width, height) exactly, else the long side at
+    most ``max_size`` with the aspect ratio kept. No side goes below :data:`MIN_SIDE`: a long,
+    thin image keeps its shape and gets a long side above ``max_size`` instead."""
     if resize is not None:
         return resize[1], resize[0]
     if max_size is not None and max(h, w) > max_size:
-        s = max_size / max(h, w)
+        s = max(max_size / max(h, w), MIN_SIDE / min(h, w))
+        if s >= 1:
+            return h, w
         return max(MIN_SIDE, round(h * s)), max(MIN_SIDE, round(w * s))
     return h, w
 
 
-def _resize(pixels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def _resize_hw(pixels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) uint8 resized to ``hw`` = (height, width), Lanczos."""
     img = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
-    out = np.asarray(img.resize((hw[1], hw[0]), Image.Resampling.LANCZOS))
+    out = np.array(img.resize((hw[1], hw[0]), Image.Resampling.LANCZOS))  # writable, for torch
     return out[:, :, None] if out.ndim == 2 else out
 
 
@@ -77,30 +89,40 @@ def prepare(
     from cyclekit.translate.tiling import pad_image, padded_size
 
     started = time.perf_counter()
-    img = decode_image(job.src, channels=spec["input_nc"], composite_alpha=False)
+    img = decode_image(
+        job.src, channels=spec["input_nc"], composite_alpha=False, max_pixels=MAX_PIXELS
+    )
     h, w = img.pixels.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise ImageDecodeError(f"{job.src}: too small ({w}x{h} px, need {MIN_SIDE}+ per side)")
-    work = _work_size(h, w, resize, max_size)
-    pixels = img.pixels if work == (h, w) else _resize(img.pixels, work)
+    work = work_size(h, w, resize, max_size)
+    pixels = img.pixels if work == (h, w) else _resize_hw(img.pixels, work)
     pixels = pad_image(pixels, padded_size(*work, spec))
-    return Prepared(job, pixels, work, (h, w), img.alpha, img.icc_profile, img.exif, started)
+    seconds = time.perf_counter() - started
+    return Prepared(
+        job, pixels, work, (h, w), img.alpha, img.icc_profile, img.exif, seconds, img.warnings
+    )
 
 
 def finish(
     prep: Prepared, out: np.ndarray, keep_resized: bool = False, quality: int = 95
 ) -> dict[str, Any]:
-    """Crop the model output, resize it back, reattach alpha and write it atomically."""
+    """Crop the model output, resize it back, reattach alpha and write it atomically.
+
+    Returns what the report records: the written ``size`` (w, h) and the ``seconds`` this
+    took."""
+    started = time.perf_counter()
     out = out[: prep.work[0], : prep.work[1]]
     alpha = prep.alpha
     if prep.work != prep.size:
         if keep_resized:
             if alpha is not None:
-                alpha = _resize(alpha[:, :, None], prep.work)[:, :, 0]
+                alpha = _resize_hw(alpha[:, :, None], prep.work)[:, :, 0]
         else:
-            out = _resize(out, prep.size)
+            out = _resize_hw(out, prep.size)
     write_image(prep.job.dst, out, alpha, icc=prep.icc, exif=prep.exif, quality=quality)
-    return {"size": [int(out.shape[1]), int(out.shape[0])]}
+    size = [int(out.shape[1]), int(out.shape[0])]
+    return {"size": size, "seconds": time.perf_counter() - started}
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -112,12 +134,14 @@ def _upright_exif(raw: bytes | None) -> bytes | None:
     if not raw:
         return None
     try:
-        exif = Image.Exif()
-        exif.load(raw)
-        exif.pop(0x0112, None)  # Orientation
-        return exif.tobytes()
+        with pillow_warnings() as damaged:
+            exif = Image.Exif()
+            exif.load(raw)
+            exif.pop(0x0112, None)  # Orientation
+            data = exif.tobytes()
     except Exception:  # malformed EXIF: drop it rather than fail the image
         return None
+    return None if damaged else data
 
 
 def _icc_for(icc: bytes | None, mode: str) -> bytes | None:
@@ -158,11 +182,8 @@ def write_image(
             kwargs["exif"] = e
         if (p := _icc_for(icc, img.mode)) is not None:
             kwargs["icc_profile"] = p
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}{PARTIAL_SUFFIX}")
-    try:
+    # The hidden temporary name ends in PARTIAL_SUFFIX, so a killed run's leftovers are found
+    # and removed by the next run (and never mistaken for images: Pillow is told the format).
+    with atomic_path(dst, suffix=PARTIAL_SUFFIX) as tmp:
         img.save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        os.chmod(tmp, new_file_mode())  # an ordinary file's permissions, not mkstemp's 0o600

@@ -2,7 +2,9 @@
 
 The names and the URL pattern are those of the official ``scripts/download_cyclegan_model.sh``
 (junyanz/pytorch-CycleGAN-and-pix2pix). ``CYCLEKIT_PRETRAINED_URL`` replaces the base URL (a
-mirror, or a local test server); ``CYCLEKIT_CACHE`` replaces the cache folder.
+mirror, or a local test server). Files go to ``pretrained/`` in cyclekit's cache folder
+(:func:`cyclekit.files.cache_dir`: ``$CYCLEKIT_CACHE``, else ``$XDG_CACHE_HOME/cyclekit``, else
+``~/.cache/cyclekit``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cyclekit import files
 from cyclekit.errors import CyclekitError
 
 OFFICIAL_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
@@ -52,8 +55,7 @@ def model_url(name: str) -> str:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CYCLEKIT_CACHE") or Path.home() / ".cache" / "cyclekit"
-    return Path(root) / "pretrained"
+    return files.cache_dir("pretrained")
 
 
 def cached_path(name: str) -> Path:
@@ -83,10 +85,12 @@ def fetch_pretrained(name: str, progress: bool = True, timeout: float = 30.0) ->
     if dst.is_file() and dst.stat().st_size > 0:
         return dst
     url = model_url(name)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.download")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as f:
+        with (
+            files.atomic_path(dst, suffix=".download") as tmp,
+            urllib.request.urlopen(url, timeout=timeout) as resp,
+            open(tmp, "wb") as f,
+        ):
             total = int(resp.headers.get("Content-Length") or 0) or None
             bar = tqdm(
                 total=total,
@@ -102,17 +106,14 @@ def fetch_pretrained(name: str, progress: bool = True, timeout: float = 30.0) ->
                     bar.update(len(chunk))
             if total is not None and f.tell() != total:
                 raise OSError(f"connection closed after {f.tell()} of {total} bytes")
-        _check_checkpoint(tmp)  # a proxy's HTML error page must not be cached as the model
-        os.replace(tmp, dst)
+            f.flush()
+            _check_checkpoint(tmp)  # a proxy's HTML error page must not be cached as the model
     except (urllib.error.URLError, OSError, ValueError) as e:
-        tmp.unlink(missing_ok=True)
+        # ValueError: a malformed URL in CYCLEKIT_PRETRAINED_URL or header from the server.
         reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
         raise PretrainedError(
             f"cannot download pretrained model {name!r} from {url} ({reason}). "
             f"Without internet access, download that file on another machine and save it as "
             f"{dst} (or pass it with --checkpoint)."
         ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dst

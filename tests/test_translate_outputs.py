@@ -1,0 +1,251 @@
+"""Where translate writes: the naming rule, --skip-existing pairing, and never replacing a file
+that is not its own output (report, gallery page, images already in the output folder)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cyclekit.translate.engine as engine
+from cyclekit.translate.engine import output_name, plan_jobs
+from tests.test_translate_common import (
+    assert_user_error,
+    cli,
+    make_generator,
+    save_photo,
+    tree_hashes,
+    visible_files,
+)
+
+
+@pytest.fixture
+def gen(tmp_path: Path) -> Path:
+    return make_generator(tmp_path / "G_ab.pt")
+
+
+def _translate(inp: Path | str, out: Path, gen: Path, *extra: str):
+    return cli(
+        "translate", str(inp), "-o", str(out), "--checkpoint", str(gen), "--no-progress", *extra
+    )
+
+
+def test_naming_rule() -> None:
+    cases = {
+        ("trip/IMG_1.jpg", None): "trip/IMG_1.jpg",
+        ("x.JPEG", "jpg"): "x.JPEG",  # already a JPEG: keeps its name
+        ("x.png", "webp"): "x.png.webp",
+        ("x.jpg", "webp"): "x.jpg.webp",
+        ("scan.tif", "png"): "scan.tif.png",
+        ("x.webp", "webp"): "x.webp",
+    }
+    for (rel, fmt), expected in cases.items():
+        assert output_name(Path(rel), fmt) == Path(expected), (rel, fmt)
+
+
+def test_names_do_not_depend_on_other_files_or_listing_order(tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    names = ["x.png", "b/y.jpg", "z.webp"]
+    for rel in names:
+        save_photo(inp / rel, 8, 8)
+
+    def plan() -> dict[str, str]:
+        jobs, problems = plan_jobs([str(inp)], tmp_path / "out", "webp")
+        assert not problems
+        return {str(j.src.relative_to(inp)): str(j.dst.relative_to(tmp_path / "out")) for j in jobs}
+
+    first = plan()
+    # Neighbours with the same stems appear (and sort before or after the others).
+    for rel in ["x.jpg", "a.png", "b/y.png", "b/y.webp.png", "x.png.png"]:
+        save_photo(inp / rel, 8, 8)
+    second = plan()
+    assert {k: second[k] for k in first} == first
+    assert len(set(second.values())) == len(second)
+
+
+def test_skip_existing_pairs_each_input_with_its_own_output(tmp_path: Path, gen: Path) -> None:
+    # The robustness report's case: x.png translated to WebP, then x.jpg added.
+    inp, out = tmp_path / "in", tmp_path / "out"
+    save_photo(inp / "x.png", 16, 12)
+    r = _translate(inp, out, gen, "--format", "webp")
+    assert r.exit_code == 0, r.output
+    before = tree_hashes(out)
+    save_photo(inp / "x.jpg", 12, 16, seed=3)
+    report = tmp_path / "r.jsonl"
+    r = _translate(inp, out, gen, "--format", "webp", "--skip-existing", "--report", str(report))
+    assert r.exit_code == 0, r.output
+    entries = {Path(e["input"]).name: e for e in map(json.loads, report.read_text().splitlines())}
+    assert entries["x.png"]["status"] == "skipped"
+    assert entries["x.png"]["output"] == str(out / "x.png.webp")
+    assert entries["x.jpg"]["status"] == "done"
+    assert entries["x.jpg"]["output"] == str(out / "x.jpg.webp")
+    assert {k: tree_hashes(out)[k] for k in before if not k.startswith(".")} == {
+        k: v for k, v in before.items() if not k.startswith(".")
+    }
+    assert Image.open(out / "x.jpg.webp").size == (12, 16)
+
+
+def test_two_inputs_with_one_output_name_are_both_reported(tmp_path: Path, gen: Path) -> None:
+    for folder in ("d1", "d2"):
+        save_photo(tmp_path / folder / "same.png", 8, 8)
+    save_photo(tmp_path / "d2" / "other.png", 8, 8)
+    r = cli(
+        "translate",
+        str(tmp_path / "d1"),
+        str(tmp_path / "d2"),
+        "-o",
+        str(tmp_path / "out"),
+        "--checkpoint",
+        str(gen),
+        "--no-progress",
+    )
+    assert r.exit_code == 1
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("would also be the output of" in e for e in errors)
+    assert visible_files(tmp_path / "out") == ["other.png"]  # nothing renamed, nothing lost
+
+
+def test_planning_is_linear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One name per input, whatever the neighbours (no list of candidate names tried).
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(2000):
+        (inp / f"img{i % 50}.{'png' if i < 1000 else 'jpg'}").touch()
+        (inp / f"p{i}.png").touch()
+    calls = []
+    real = engine.output_name
+    monkeypatch.setattr(engine, "output_name", lambda *a: calls.append(a) or real(*a))
+    started = time.perf_counter()
+    jobs, problems = plan_jobs([str(inp)], tmp_path / "out", "webp")
+    seconds = time.perf_counter() - started
+    assert len(jobs) == len(calls) == 2100 and not problems
+    print(f"planned {len(jobs)} inputs in {seconds:.2f} s")
+
+
+def test_existing_files_in_the_output_folder_are_never_replaced(tmp_path: Path, gen: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    save_photo(inp / "a.png", 16, 16)
+    save_photo(inp / "b.png", 16, 16, seed=1)
+    save_photo(out / "a.png", 10, 10, seed=9)  # the user's own picture, same name as an output
+    theirs = (out / "a.png").read_bytes()
+    r = _translate(inp, out, gen)
+    assert r.exit_code == 1
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {inp / 'a.png'}: {out / 'a.png'} already exists and was not written by "
+        "cyclekit translate, so it is not replaced; move it away or choose another output folder"
+    ]
+    assert (out / "a.png").read_bytes() == theirs
+    # Its own outputs are replaced by a rerun (e.g. with another model).
+    first = (out / "b.png").read_bytes()
+    r = _translate(inp / "b.png", out, make_generator(tmp_path / "other.pt", seed=5))
+    assert r.exit_code == 0, r.output
+    assert (out / "b.png").read_bytes() != first
+    # And --skip-existing does not count the user's file as a finished output either.
+    r = _translate(inp, out, gen, "--skip-existing")
+    assert r.exit_code == 1 and "skipped 1, failed 1" in r.output
+    assert (out / "a.png").read_bytes() == theirs
+
+
+@pytest.mark.parametrize("name", ["IMG_1.jpg", "notes.txt"])
+def test_report_never_replaces_a_file_that_is_not_a_report(
+    tmp_path: Path, gen: Path, name: str
+) -> None:
+    # `--report rp/IMG_1.jpg rp/IMG_2.jpg`: the report's name was forgotten.
+    rp = tmp_path / "rp"
+    save_photo(rp / "IMG_1.jpg", 16, 16)
+    save_photo(rp / "IMG_2.jpg", 16, 16, seed=1)
+    (rp / "notes.txt").write_text("my notes\n")
+    before = tree_hashes(rp)
+    r = cli(
+        "translate",
+        "-o",
+        str(tmp_path / "out"),
+        "--checkpoint",
+        str(gen),
+        "--report",
+        str(rp / name),
+        str(rp / "IMG_2.jpg"),
+    )
+    line = assert_user_error(r, f"--report {rp / name}")
+    assert "not replaced" in line or "expected a name ending in .jsonl" in line
+    assert tree_hashes(rp) == before and not (tmp_path / "out").exists()
+
+
+def test_report_may_replace_an_earlier_report_but_not_an_input(tmp_path: Path, gen: Path) -> None:
+    save_photo(tmp_path / "in" / "a.png", 16, 16)
+    report = tmp_path / "r.jsonl"
+    for _ in range(2):
+        r = _translate(tmp_path / "in", tmp_path / "out", gen, "--report", str(report))
+        assert r.exit_code == 0, r.output
+        assert len(report.read_text().splitlines()) == 1
+    # The checkpoint is an input too.
+    ckpt = make_generator(tmp_path / "G.jsonl")
+    r = _translate(tmp_path / "in", tmp_path / "o2", ckpt, "--report", str(ckpt))
+    assert_user_error(r, f"--report {ckpt}: is also an input")
+
+
+def test_gallery_never_replaces_a_page_it_did_not_write(tmp_path: Path, gen: Path) -> None:
+    save_photo(tmp_path / "in" / "a.png", 16, 16)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.html").write_text("<html>my site</html>")
+    r = _translate(tmp_path / "in", out, gen, "--gallery")
+    assert_user_error(r, f"--gallery {out / 'index.html'}: already exists")
+    assert (out / "index.html").read_text() == "<html>my site</html>"
+    assert visible_files(out) == ["index.html"]  # refused before anything was written
+    (out / "index.html").unlink()
+    for _ in range(2):  # its own page is replaced
+        r = _translate(tmp_path / "in", out, gen, "--gallery")
+        assert r.exit_code == 0, r.output
+
+
+def test_output_folder_named_like_a_file_is_refused(tmp_path: Path, gen: Path) -> None:
+    save_photo(tmp_path / "in" / "a.png", 16, 16)
+    r = _translate(tmp_path / "in", tmp_path / "result.png", gen)
+    assert_user_error(r, f"-o {tmp_path / 'result.png'}: translate writes a folder")
+    assert not (tmp_path / "result.png").exists()
+    (tmp_path / "made.png").mkdir()  # a folder the user really named so is fine
+    assert _translate(tmp_path / "in", tmp_path / "made.png", gen).exit_code == 0
+
+
+def test_report_seconds_are_work_not_queue_wait(
+    tmp_path: Path, gen: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cyclekit.translate.image_io as image_io
+
+    for i in range(5):
+        save_photo(tmp_path / "in" / f"{i}.png", 16, 16, seed=i)
+    real = image_io.write_image
+
+    def slow_write(*args, **kwargs):
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(image_io, "write_image", slow_write)
+    report = tmp_path / "r.jsonl"
+    started = time.perf_counter()
+    r = _translate(
+        tmp_path / "in", tmp_path / "out", gen, "--num-workers", "1", "--report", str(report)
+    )
+    total = time.perf_counter() - started
+    assert r.exit_code == 0, r.output
+    seconds = [json.loads(line)["seconds"] for line in report.read_text().splitlines()]
+    # One writer thread: the last image waits ~1.2 s in the queue; that is not its time.
+    assert total > 1.5 and len(seconds) == 5
+    assert all(0.3 <= s < 0.9 for s in seconds), seconds
+
+
+def test_case_of_format_and_direction_does_not_matter(tmp_path: Path) -> None:
+    from tests.test_translate_common import make_train_checkpoint
+
+    ckpt = make_train_checkpoint(tmp_path / "last.pt")
+    save_photo(tmp_path / "in" / "a.png", 16, 16)
+    r = _translate(tmp_path / "in", tmp_path / "out", ckpt, "--format", "JPG", "--direction", "A2B")
+    assert r.exit_code == 0, r.output
+    out = Image.open(tmp_path / "out" / "a.png.jpg")
+    assert out.format == "JPEG" and np.asarray(out).shape == (16, 16, 3)
