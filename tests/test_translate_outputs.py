@@ -249,3 +249,21 @@ def test_case_of_format_and_direction_does_not_matter(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     out = Image.open(tmp_path / "out" / "a.png.jpg")
     assert out.format == "JPEG" and np.asarray(out).shape == (16, 16, 3)
+
+
+def test_a_result_too_large_for_the_format_fails_before_the_model_runs(
+    tmp_path: Path, gen: Path
+) -> None:
+    Image.new("RGB", (17000, 4), (90, 120, 200)).save(tmp_path / "strip.png")
+    save_photo(tmp_path / "ok.png", 16, 16)
+    r = cli(
+        "translate", str(tmp_path / "strip.png"), str(tmp_path / "ok.png"), "-o",
+        str(tmp_path / "out"), "--checkpoint", str(gen), "--format", "webp", "--no-progress",
+    )  # fmt: skip
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {tmp_path / 'strip.png'}: a 17000x4 px result is too large for WEBP (at most "
+        "16383 px a side); use --format png"
+    ]
+    assert visible_files(tmp_path / "out") == ["ok.png.webp"]

@@ -116,3 +116,37 @@ def test_cli_tile_and_automatic_tiling(tmp_path: Path, monkeypatch) -> None:
     auto = outs["auto"].astype(np.float32)
     col_steps = np.abs(np.diff(auto, axis=1)).mean(axis=(0, 2))
     assert col_steps.max() < 3 * np.median(col_steps)
+
+
+def test_out_of_memory_fails_that_image_and_a_bug_keeps_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gen = make_generator(tmp_path / "g.pt")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(photo(64, 48)).save(tmp_path / "in" / "big.png")
+    Image.fromarray(photo(16, 12)).save(tmp_path / "in" / "small.png")
+    real = tiling.make_runner
+    message = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"
+
+    def runner(*args):
+        run = real(*args)
+
+        def limited(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-1] > 32:
+                raise RuntimeError(message)
+            return run(x)
+
+        return limited
+
+    monkeypatch.setattr(tiling, "make_runner", runner)
+    args = ["translate", str(tmp_path / "in"), "--checkpoint", str(gen), "--no-progress"]
+    r = cli(*args, "-o", str(tmp_path / "o1"))
+    assert r.exit_code == 1 and "done 1, skipped 0, failed 1" in r.output, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {tmp_path / 'in' / 'big.png'}: out of memory ({message}); try --tile "
+        f"{tiling.MIN_TILE}, a lower --memory-budget or --max-size"
+    ]
+    message = "The size of tensor a (4) must match the size of tensor b (5)"  # a bug
+    with pytest.raises(RuntimeError, match="must match"):
+        cli(*args, "-o", str(tmp_path / "o2"))

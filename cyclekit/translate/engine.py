@@ -4,6 +4,11 @@ Every input is attempted; a bad one becomes a line in the :class:`Report`, never
 Outputs are written to a hidden temporary name and renamed, so an interrupted run leaves only
 complete images, and ``skip_existing`` resumes it. Decoding and encoding run in a thread pool
 while the model works; images of the same size are batched.
+
+Nothing a user owns is written over: the run is refused, before anything is written, when the
+output folder holds an input or a ``--report``/``--gallery`` file is not an earlier one of its
+kind; an image already in the output folder is replaced only if an earlier run wrote it (listed
+in :data:`RECORD_NAME`). Which output an input gets is :func:`output_name`.
 """
 
 from __future__ import annotations
@@ -454,7 +459,7 @@ def translate_paths(
     earlier run wrote it (see :data:`RECORD_NAME`); anything else is never overwritten.
     """
     from cyclekit.devices import resolve_device, resolve_precision
-    from cyclekit.translate.tiling import Batcher, make_runner
+    from cyclekit.translate.tiling import MIN_TILE, Batcher, make_runner
 
     jobs, problems = plan_jobs(inputs, opts.output_dir, opts.fmt)
     if not jobs:
@@ -510,7 +515,10 @@ def translate_paths(
     def dispatch(results: list[tuple[Prepared, np.ndarray | Exception]], seconds: float) -> None:
         for prep, out in results:
             if isinstance(out, Exception):
-                reason = f"model failed ({str(out).strip().splitlines()[0]})"
+                reason = (
+                    f"out of memory ({str(out).strip().splitlines()[0]}); try --tile "
+                    f"{MIN_TILE}, a lower --memory-budget or --max-size"
+                )
                 report.record(prep.job.src, "failed", reason=reason)
                 continue
             # Recorded before the file appears, so that a run killed right after the rename
@@ -568,7 +576,8 @@ def _prefetch(
     it = iter(jobs)
     while True:
         while len(queue) < window and (job := next(it, None)) is not None:
-            queue.append((job, pool.submit(prepare, job, spec, opts.resize, opts.max_size)))
+            args = (job, spec, opts.resize, opts.max_size, opts.keep_resized)
+            queue.append((job, pool.submit(prepare, *args)))
         if not queue:
             return
         job, fut = queue.popleft()

@@ -81,13 +81,21 @@ def _resize_hw(pixels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
+# The largest side each writer can encode (Pillow raises otherwise, after the model ran).
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}
+
+
 def prepare(
     job: Job,
     spec: dict[str, Any],
     resize: tuple[int, int] | None = None,
     max_size: int | None = None,
+    keep_resized: bool = False,
 ) -> Prepared:
-    """Decode ``job.src`` upright, resize it for the model if asked, pad it for the model."""
+    """Decode ``job.src`` upright, resize it for the model if asked, pad it for the model.
+
+    Raises :class:`ImageDecodeError` for an image that cannot be used, including one whose
+    result would be too large for the output format (checked before the model runs)."""
     from cyclekit.translate.tiling import pad_image, padded_size
 
     started = time.perf_counter()
@@ -98,6 +106,13 @@ def prepare(
     if min(h, w) < MIN_SIDE:
         raise ImageDecodeError(f"{job.src}: too small ({w}x{h} px, need {MIN_SIDE}+ per side)")
     work = work_size(h, w, resize, max_size)
+    out_h, out_w = work if keep_resized else (h, w)
+    fmt = FORMATS.get(job.dst.suffix.lower().lstrip("."), "PNG")
+    if max(out_h, out_w) > MAX_SIDE.get(fmt, max(out_h, out_w)):
+        raise ImageDecodeError(
+            f"{job.src}: a {out_w}x{out_h} px result is too large for {fmt} (at most "
+            f"{MAX_SIDE[fmt]} px a side); use --format png"
+        )
     pixels = img.pixels if work == (h, w) else _resize_hw(img.pixels, work)
     pixels = pad_image(pixels, padded_size(*work, spec))
     seconds = time.perf_counter() - started

@@ -278,11 +278,20 @@ def run_tiled(
     return out
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says memory ran out (CPU, CUDA or MPS): that image fails, the run goes on."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or any(
+        s in text for s in ("out of memory", "can't allocate memory", "not enough memory")
+    )
+
+
 class Batcher:
     """Collects padded images, runs same-size ones as one batch, tiles those too big.
 
     ``add`` and ``flush`` return the finished (item, output) pairs: output is the padded
-    (H, W, C') uint8 result, or the exception that made the model fail on that image.
+    (H, W, C') uint8 result, or the out-of-memory error that made that image fail (any other
+    exception is a bug and propagates).
     """
 
     def __init__(
@@ -335,7 +344,9 @@ class Batcher:
                 )
                 del x
                 return [(item, from_model_output(y, inplace=True)[0])]
-            except RuntimeError as e:  # out of memory and the like: this image fails
+            except (RuntimeError, MemoryError) as e:
+                if not out_of_memory(e):
+                    raise  # a bug, not this image's fault: keep the traceback
                 return [(item, e)]
         group = self.pending.setdefault(pixels.shape, [])
         group.append((item, pixels))
@@ -358,7 +369,9 @@ class Batcher:
             x = to_model_input(np.stack([p for _, p in group]))
             y = from_model_output(self.run(x), inplace=True)
             return [(item, out) for (item, _), out in zip(group, y, strict=True)]
-        except RuntimeError as e:
+        except (RuntimeError, MemoryError) as e:
+            if not out_of_memory(e):
+                raise
             if len(group) == 1:
                 return [(group[0][0], e)]
             # A batch that failed (e.g. out of memory) is retried one image at a time.
