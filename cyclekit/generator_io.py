@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,12 @@ def load_generator(
     ``cyclekit-train`` or ``official``). A training checkpoint needs ``direction``.
     """
     path = Path(path)
+    if _is_torchscript(path):
+        # torch.load would warn, hand it to torch.jit.load (which runs its code) and fail.
+        raise CheckpointError(
+            f"{path}: a TorchScript file (an export, which runs without cyclekit); give the "
+            "checkpoint it was exported from"
+        )
     obj = safe_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a generator checkpoint (holds a {type(obj).__name__})")
@@ -172,6 +179,14 @@ def load_generator(
         return _load_any(obj, path, direction)
     except (KeyError, TypeError, AttributeError, IndexError) as e:
         raise CheckpointError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _load_any(

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import socket
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cyclekit.cli import main
@@ -24,9 +26,10 @@ from tests.test_translate_common import (
 )
 
 # (arguments, exit code, text the Error line must hold). {in} holds a.jpg and b.png, {out} is a
-# fresh output folder, {ck} a generator, {last} a training checkpoint, {photo} a JPEG and {txt}
-# a text file of the user's, {empty} a folder without images, {web} a folder with the user's
-# own index.html. translate gets `--checkpoint {ck}` unless the case names a model source.
+# fresh output folder, {ck} a generator, {last} a training checkpoint, {ts} a TorchScript file,
+# {photo} a JPEG and {txt} a text file of the user's, {empty} a folder without images, {web} a
+# folder with the user's own index.html. translate gets `--checkpoint {ck}` unless the case
+# names a model source.
 # Exit 2: click refused the flag itself; exit 1: cyclekit refused the value.
 RUN_CASES = [
     # --- where the results would go
@@ -49,6 +52,7 @@ RUN_CASES = [
     (["translate", "{tmp}/*.tif", "-o", "{out}"], 1, "{tmp}/*.tif: matches no image files"),
     (["translate", "{in}", "-o", "{out}", "--checkpoint", "{photo}"], 1, "{photo}: "),
     (["translate", "{in}", "-o", "{out}", "--checkpoint", "{txt}"], 1, "{txt}: "),
+    (["translate", "{in}", "-o", "{out}", "--checkpoint", "{ts}"], 1, "{ts}: a TorchScript file"),
     (
         ["translate", "{in}", "-o", "{out}", "--checkpoint", "{tmp}/no.pt"],
         1,
@@ -125,6 +129,11 @@ RUN_CASES = [
         "--direction a2b or b2a",
     ),  # fmt: skip
     (["export", "--checkpoint", "{ck}", "--format", "tflite", "-o", "{tmp}/g.tfl"], 2, "--format"),
+    (
+        ["export", "--checkpoint", "{ts}", "--format", "onnx", "-o", "{tmp}/g.onnx"],
+        1,
+        "{ts}: a TorchScript file",
+    ),  # fmt: skip
     (["export", "--checkpoint", "{ck}", "--format", "onnx"], 2, "-o"),
 ]
 
@@ -163,6 +172,9 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     make_train_checkpoint(tmp_path / "run" / "last.pt")
     save_photo(tmp_path / "photo.jpg", 20, 20, seed=2)
     (tmp_path / "notes.txt").write_text("my notes\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), str(tmp_path / "model.ts"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "web").mkdir()
     (tmp_path / "web" / "index.html").write_text("<html>my homepage</html>")
@@ -182,6 +194,7 @@ def _fill(text: str, root: Path) -> str:
         "last": root / "run" / "last.pt",
         "photo": root / "photo.jpg",
         "txt": root / "notes.txt",
+        "ts": root / "model.ts",
         "empty": root / "empty",
         "web": root / "web",
         "tmp": root,

@@ -145,14 +145,14 @@ def test_pretrained_is_downloaded_once_then_reused(tmp_path: Path, model_server,
     monkeypatch.setenv("CYCLEKIT_PRETRAINED_URL", url)
     monkeypatch.setenv("CYCLEKIT_CACHE", str(tmp_path / "cache"))
     save_photo(tmp_path / "in" / "a.jpg", 40, 30)
-    for out in ("o1", "o2"):
+    for out, name in (("o1", "horse2zebra"), ("o2", "Horse2Zebra")):  # any letter case
         r = cli(
             "translate",
             str(tmp_path / "in"),
             "-o",
             str(tmp_path / out),
             "--model",
-            "horse2zebra",
+            name,
             "--no-progress",
         )
         assert r.exit_code == 0, r.output

@@ -77,10 +77,11 @@ def fetch_pretrained(name: str, progress: bool = True, timeout: float = 30.0) ->
     The download goes to a temporary name and is renamed only once complete, so an
     interrupted download is never mistaken for a model.
     """
-    if name not in PRETRAINED_MODELS:
+    if name.lower() not in PRETRAINED_MODELS:
         raise PretrainedError(
             f"unknown pretrained model {name!r}; choose one of: {', '.join(PRETRAINED_MODELS)}"
         )
+    name = name.lower()  # --model Horse2Zebra is horse2zebra, as every other choice
     dst = cached_path(name)
     if dst.is_file() and dst.stat().st_size > 0:
         return dst
