@@ -298,6 +298,8 @@ def test_killed_process_leaves_only_complete_images(tmp_path: Path, gen: Path) -
         "--no-progress",
         "--batch-size",
         "1",
+        "--report",
+        str(tmp_path / "r.jsonl"),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -309,11 +311,14 @@ def test_killed_process_leaves_only_complete_images(tmp_path: Path, gen: Path) -
     assert 2 <= len(finished) < 24
     for p in finished:
         Image.open(p).load()  # every visible image is complete
-    r = _translate(inp, out, gen, "--skip-existing")
+    assert not (tmp_path / "r.jsonl").exists()  # only its temporary file, never half a report
+    r = _translate(inp, out, gen, "--skip-existing", "--report", str(tmp_path / "r.jsonl"))
     assert r.exit_code == 0, r.output
     assert f"skipped {len(finished)}," in r.output
     assert len(list(out.glob("*.png"))) == 24
-    assert not list(out.glob(f".*{PARTIAL_SUFFIX}"))  # the killed run's temporary file is gone
+    assert not list(out.glob(f".*{PARTIAL_SUFFIX}"))  # the killed run's temporary files are gone
+    assert not list(tmp_path.glob(".r.jsonl.*"))
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 24
 
 
 def test_same_size_images_are_batched_and_match_single(tmp_path: Path, gen: Path) -> None:

@@ -347,7 +347,11 @@ class Report:
         self._files = contextlib.ExitStack()
         self._jsonl = None
         if self.report_path is not None:
-            self._jsonl = self._files.enter_context(atomic_write(self.report_path, "w"))
+            # A killed run's temporary report (only ours: same name, atomic_path's pattern).
+            path = Path(self.report_path)
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            self._jsonl = self._files.enter_context(atomic_write(path, "w"))
 
     def record(self, src: str | Path, status: str, dst: Path | None = None, **extra: Any) -> None:
         if "reason" in extra:  # decode errors start with the path; the entry names it already
