@@ -47,6 +47,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     try:
         yield tmp
         _fsync(tmp)
+        # mkstemp made it 0o600; the finished file gets the permissions of any new file.
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from cyclekit.files import FORMAT_VERSION, CheckpointError, atomic_save, safe_load
-from cyclekit.models import generator_from_spec
+from cyclekit.models import generator_from_spec, resnet_variant_from_state
 
 GENERATOR_FORMAT = "cyclekit-generator"
 TRAIN_FORMAT = "cyclekit-train"
@@ -60,32 +59,14 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def official_spec(state: dict[str, torch.Tensor], source: str = "state_dict") -> dict[str, Any]:
     """Read a generator spec off the keys and shapes of an official state_dict."""
-    if "model.1.weight" in state and any(".conv_block." in k for k in state):
-        blocks = {int(m.group(1)) for k in state if (m := re.match(r"model\.(\d+)\.conv_block", k))}
-        n_blocks = len(blocks)
-        first = state["model.1.weight"]
-        convs = sorted(
-            int(m.group(1))
-            for k in state
-            if (m := re.match(r"model\.(\d+)\.weight$", k)) and state[k].dim() == 4
-        )
-        last = state[f"model.{convs[-1]}.weight"]
-        # With dropout the second conv moves from conv_block.5 to conv_block.6 (a batch-norm
-        # layer can sit at .6 too, but its weight is 1-D).
-        dropout = any(k.endswith(".conv_block.6.weight") and v.dim() == 4 for k, v in state.items())
-        norm = _norm_of(state, "model.2.weight", "model.1.bias")
-        if n_blocks not in (6, 9):
-            raise CheckpointError(
-                f"{source}: ResNet generator with {n_blocks} blocks is not supported"
-            )
-        return {
-            "arch": f"resnet_{n_blocks}blocks",
-            "input_nc": int(first.shape[1]),
-            "output_nc": int(last.shape[0]),
-            "ngf": int(first.shape[0]),
-            "norm": norm,
-            "use_dropout": dropout,
-        }
+    # ResNet layouts (official CycleGAN, official CUT/FastCUT with anti-aliased sampling, and
+    # cyclekit's own variants) are recognised by building each candidate on the meta device.
+    try:
+        spec = resnet_variant_from_state(state)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    if spec is not None:
+        return spec
     if "model.model.0.weight" in state:
         depth = 0
         for k in range(1, 16):

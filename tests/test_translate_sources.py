@@ -25,18 +25,32 @@ from tests.test_translate_common import (
 )
 
 OFFICIAL = ["resnet9_ngf16_nodropout", "resnet6_ngf16_dropout"]
+# Generators saved by the official CUT code: anti-aliased down (and up) sampling.
+OFFICIAL_CUT = ["cut_resnet9_ngf16_antialias", "cut_resnet6_ngf16_antialias_down_only"]
 
 
-@pytest.mark.parametrize("name", OFFICIAL)
-def test_parity_with_official_outputs(official_fixtures: Path, name: str, tmp_path: Path) -> None:
-    # The one test of parity with the official code's outputs (no copies elsewhere).
-    model, info = load_generator(official_fixtures / f"{name}.pth")
+@pytest.mark.parametrize(
+    "folder, name",
+    [("official", n) for n in OFFICIAL] + [("official_cut", n) for n in OFFICIAL_CUT],
+)
+def test_parity_with_official_outputs(
+    shared_dir: Path, folder: str, name: str, tmp_path: Path
+) -> None:
+    # The one test of parity with the official codes' outputs (no copies elsewhere).
+    fixtures = shared_dir / "fixtures" / folder
+    official_fixtures = shared_dir / "fixtures" / "official"  # the input image lives here
+    model, info = load_generator(fixtures / f"{name}.pth")
     assert info["format"] == "official"
     assert info["spec"]["use_dropout"] == name.endswith("_dropout")  # read off the keys
+    if folder == "official_cut":  # the sampling layers are read off the keys too
+        assert info["spec"]["downsample"] == "antialias"
+        assert info["spec"].get("upsample", "transpose") == (
+            "transpose" if name.endswith("down_only") else "antialias"
+        )
     img = decode_image(official_fixtures / "input_n02381460_1000.jpg")
     x = to_model_input(pad_image(img.pixels, padded_size(256, 256, info["spec"]))[None])
     y = make_runner(model, torch.device("cpu"), "fp32")(x)[0].numpy()
-    expected = np.load(official_fixtures / f"{name}_output.npy")
+    expected = np.load(fixtures / f"{name}_output.npy")
     np.testing.assert_allclose(y, expected, atol=1e-5, rtol=0)
     # End to end through the CLI (fp32): the PNG differs from the official one only by our
     # rounding where the official code truncates.
@@ -46,7 +60,7 @@ def test_parity_with_official_outputs(official_fixtures: Path, name: str, tmp_pa
         "-o",
         str(tmp_path),
         "--checkpoint",
-        str(official_fixtures / f"{name}.pth"),
+        str(fixtures / f"{name}.pth"),
         "--precision",
         "fp32",
         "--format",
@@ -55,7 +69,7 @@ def test_parity_with_official_outputs(official_fixtures: Path, name: str, tmp_pa
     )
     assert r.exit_code == 0, r.output
     ours = np.asarray(Image.open(tmp_path / "input_n02381460_1000.jpg.png"), np.int16)
-    theirs = np.asarray(Image.open(official_fixtures / f"{name}_output.png"), np.int16)
+    theirs = np.asarray(Image.open(fixtures / f"{name}_output.png"), np.int16)
     assert ours.shape == theirs.shape == (256, 256, 3)
     assert 0 <= (ours - theirs).min() and (ours - theirs).max() <= 1
 

@@ -22,7 +22,6 @@ from cyclekit.files import (
     FORMAT_VERSION,
     CheckpointError,
     atomic_path,
-    new_file_mode,
     refuse_overwrite,
     safe_load,
 )
@@ -264,7 +263,6 @@ def _save_image(array: Any, path: Path, mark: str | None) -> None:
         options["comment"] = mark.encode()
     with writing(path), atomic_path(path, suffix=path.suffix or ".png") as tmp:
         Image.fromarray(array, mode="L").save(tmp, format=fmt, **options)
-        os.chmod(tmp, new_file_mode())  # an image to look at and share, not mkstemp's 0o600
 
 
 def save_grid(
@@ -316,7 +314,6 @@ def save_gif(frames: Sequence[Path], path: Path, ms_per_frame: int = 250) -> Pat
             tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations,
             loop=0, optimize=False,
         )  # fmt: skip
-        os.chmod(tmp, new_file_mode())
     return Path(path)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from cyclekit.files import (
     atomic_path,
     atomic_save,
     cache_dir,
-    new_file_mode,
     refuse_overwrite,
     safe_load,
 )
@@ -269,7 +267,6 @@ def evaluate_checkpoint(
     if json_path is not None:
         with writing(Path(json_path)), atomic_path(json_path, suffix=".json") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
-            os.chmod(tmp, new_file_mode())  # a report to share, not mkstemp's 0o600
     return report
 
 

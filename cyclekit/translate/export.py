@@ -27,7 +27,6 @@ from cyclekit.files import (
     OverwriteError,
     atomic_path,
     atomic_save,
-    new_file_mode,
     refuse_overwrite,
 )
 
@@ -170,7 +169,6 @@ def _write_export(model: nn.Module, info: dict[str, Any], fmt: str, dst: Path) -
         # --netG/--ngf/--norm/--no_dropout matching ``spec`` (our keys equal the official ones).
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         atomic_save(state, dst)
-        os.chmod(dst, new_file_mode())  # a file to share, not mkstemp's 0o600
         return dst
     if fmt == "onnx":
         try:
@@ -198,7 +196,6 @@ def _write_export(model: nn.Module, info: dict[str, Any], fmt: str, dst: Path) -
             torch.jit.save(scripted, str(tmp), _extra_files={"cyclekit.json": meta})
         else:
             _export_onnx(wrapped, spec, tmp, {"cyclekit": meta})
-        os.chmod(tmp, new_file_mode())  # a file to share, not mkstemp's 0o600
     return dst
 
 

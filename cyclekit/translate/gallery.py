@@ -17,7 +17,7 @@ from PIL import Image
 
 from cyclekit.data.images import ImageDecodeError, decode_image
 from cyclekit.errors import CyclekitError
-from cyclekit.files import atomic_path, new_file_mode
+from cyclekit.files import atomic_path
 from cyclekit.translate.image_io import MAX_PIXELS
 
 THUMB_SIDE = 320
@@ -88,7 +88,6 @@ def _thumbnail(src: Path, dst: Path) -> None:
     thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
     with atomic_path(dst, suffix=".jpg") as tmp:
         thumb.save(tmp, format="JPEG", quality=85)
-        os.chmod(tmp, new_file_mode())  # readable like any web page's image
 
 
 def _figure(entry: dict[str, Any], out_dir: Path, thumbs: Path) -> str:
@@ -136,7 +135,6 @@ def write_gallery(out_dir: str | os.PathLike, entries: Sequence[dict[str, Any]])
     try:
         with atomic_path(dst) as tmp:
             tmp.write_bytes(page.encode("utf-8"))
-            os.chmod(tmp, new_file_mode())
     except OSError as e:  # disk full, permissions: the images are written, the page is not
         raise GalleryError(f"--gallery: cannot write {dst} ({e.strerror})") from None
     return dst

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from cyclekit.data.images import ImageDecodeError, decode_image, pillow_warnings
-from cyclekit.files import atomic_path, new_file_mode
+from cyclekit.files import atomic_path
 
 # Output extension -> Pillow format. JPEG cannot hold alpha; BMP cannot hold metadata.
 FORMATS = {
@@ -203,4 +202,3 @@ def write_image(
     # and removed by the next run (and never mistaken for images: Pillow is told the format).
     with atomic_path(dst, suffix=PARTIAL_SUFFIX) as tmp:
         img.save(tmp, format=fmt, **kwargs)
-        os.chmod(tmp, new_file_mode())  # an ordinary file's permissions, not mkstemp's 0o600
