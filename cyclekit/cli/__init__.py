@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": (
         "cyclekit.cli.translate",
         "export",
-        "Export a generator to ONNX or TorchScript.",
+        "Export a generator to ONNX, TorchScript or the official .pth format.",
     ),
     "datasets": (
         "cyclekit.cli.datasets",
