@@ -203,8 +203,14 @@ def resnet_variant_from_state(state: Mapping[str, Any]) -> dict[str, Any] | None
 
 
 def build_discriminator(
-    arch: str = "basic", input_nc: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance"
+    arch: str = "basic",
+    input_nc: int = 3,
+    ndf: int = 64,
+    n_layers: int = 3,
+    norm: str = "instance",
+    antialias: bool = False,
 ) -> nn.Module:
+    """``antialias``: blur-pool downsampling in a PatchGAN (CUT's default; no effect on pixel)."""
     if arch not in DISCRIMINATORS:
         raise ValueError(
             f"unknown discriminator {arch!r}; choose one of {', '.join(DISCRIMINATORS)}"
@@ -213,6 +219,8 @@ def build_discriminator(
     kwargs: dict[str, Any] = {"input_nc": input_nc, "ndf": ndf, "norm": norm, **fixed}
     if arch == "n_layers":
         kwargs["n_layers"] = n_layers
+    if cls is NLayerDiscriminator:
+        kwargs["antialias"] = antialias
     return cls(**kwargs)
 
 
