@@ -699,3 +699,26 @@ def test_wandb_failures_mid_run_never_stop_training(capsys):
     tracker.finish()
     err = capsys.readouterr().err
     assert Run.calls == 1 and err.count("warning:") == 1 and "wandb service went away" in err
+
+
+def test_yaml_paths_expand_the_home_folder_and_tags_fit_wandb(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = TrainConfig.from_dict({"data": "~/photos", "checkpoints_dir": "~/runs"})
+    assert (cfg.data, cfg.checkpoints_dir) == (str(tmp_path / "photos"), str(tmp_path / "runs"))
+    for bad in ("", "x" * 65):
+        with pytest.raises(ConfigError, match="a tag has 1 to 64 characters"):
+            TrainConfig(data="d", tags=[bad])
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "2"}, {"WORLD_SIZE": "two", "RANK": "0"}])
+def test_a_hand_set_world_size_is_one_clear_error(monkeypatch, env):
+    import torch
+
+    from cyclekit.errors import UsageError
+    from cyclekit.training.distributed import init_distributed
+
+    monkeypatch.delenv("RANK", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(UsageError, match="start multi-process runs with torchrun"):
+        init_distributed(torch.device("cpu"))

@@ -77,7 +77,7 @@ def listed(setting: str) -> LazyChoice:
 Examples:
   cyclekit train --data datasets/horse2zebra --name horse2zebra
   cyclekit train --data-a photos/ --data-b paintings/ --name monet --crop-size 128
-  cyclekit train --name horse2zebra --data datasets/horse2zebra --resume auto
+  cyclekit train --name horse2zebra --resume auto   # data and settings come from the run
   cyclekit train --config run.yaml --max-steps 10     # flags override the file
 
 The run folder CHECKPOINTS_DIR/NAME holds config.yaml, last.pt (resume state), G_ab.pt and
@@ -94,7 +94,9 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
     "--resume",
     default=None,
     metavar="auto|PATH",
-    help="Continue a run: 'auto' uses NAME/last.pt if it exists, or give a last.pt path.",
+    help="Continue a run: 'auto' uses NAME/last.pt if it exists, or give a last.pt path. "
+    "Data and settings come from the run; flags given change what may change (epochs, device, "
+    "logging, data folders).",
 )
 @opt(
     "--data",

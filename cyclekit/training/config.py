@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ MAX_SIDE = 8192  # --load-size / --crop-size
 MAX_WIDTH = 1024  # --ngf / --ndf
 MAX_D_LAYERS = 8  # --n-layers-D (8 layers already need 768-pixel images)
 MAX_SEED = 2**32 - 1  # seeds are combined into torch generator seeds, which are 64-bit
+
+PATH_SETTINGS = ("data", "data_a", "data_b", "checkpoints_dir")
 
 # Fields that may change when resuming a run; changing any other field would make the
 # checkpoint mean something else, so resume refuses it.
@@ -181,6 +184,9 @@ class TrainConfig:
             raise ConfigError(
                 "--lambda-identity needs --input-nc == --output-nc; set --lambda-identity 0"
             )
+        for tag in self.tags:
+            if not 1 <= len(tag) <= 64:  # W&B refuses other tags, which would stop the run
+                raise ConfigError(f"--tag {tag!r}: a tag has 1 to 64 characters")
         if self.data is not None and (self.data_a is not None or self.data_b is not None):
             raise ConfigError("give either --data or --data-a/--data-b, not both")
         if self.preprocess.startswith("resize") and self.load_size < self.crop_size:
@@ -353,6 +359,8 @@ def coerce_settings(values: dict[Any, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: {key}: {value!r} is not {e}") from None
         if name in choices and isinstance(value, str):
             value = value.strip().lower()
+        if name in PATH_SETTINGS and isinstance(value, str):
+            value = os.path.expanduser(value)  # a shell expands ~ in flags, YAML does not
         clean[name] = value
     return clean
 

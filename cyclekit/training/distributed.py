@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cyclekit.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -35,16 +37,28 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
 
     nccl on CUDA, gloo on the CPU. A plain ``cyclekit train`` returns a world of one.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = _env_int("WORLD_SIZE", "1")
     if world_size <= 1:
         return DistInfo(), device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = _env_int("RANK", None), _env_int("LOCAL_RANK", "0")
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world_size, local_rank), device
+
+
+def _env_int(name: str, default: str | None) -> int:
+    # torchrun always sets these; a hand-set WORLD_SIZE without RANK gets one clear line.
+    text = os.environ.get(name, default)
+    if text is None or not text.strip().isdigit():
+        found = "is not set" if text is None else f"is {text!r}, not a number"
+        raise UsageError(
+            f"{name} {found}: start multi-process runs with torchrun (it sets WORLD_SIZE, RANK "
+            "and LOCAL_RANK), or unset WORLD_SIZE for one process"
+        )
+    return int(text)
 
 
 def shutdown() -> None:
