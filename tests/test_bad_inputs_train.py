@@ -39,6 +39,7 @@ CASES = [
     (["train", "--data", "{data}", "--resume", "{tmp}/last.pt"], 1, "--resume {tmp}/last.pt"),
     (["train", "--data", "{data}", "--resume", "{photo}"], 1, "{photo}: "),
     (["train", "--data", "{data}", "--resume", "auto", "--overwrite"], 1, "give only one"),
+    (["train", "--name", "typo", "--resume", "auto"], 1, "nothing to resume at {tmp}/ck/typo"),
     # --- train: config files
     (["train", "--config", "{tmp}/missing.yaml"], 1, "{tmp}/missing.yaml: cannot read config"),
     (["train", "--config", "{data}"], 2, "--config"),

@@ -71,6 +71,17 @@ def listed(setting: str) -> LazyChoice:
     return LazyChoice(lambda: C.choice_lists()[setting])
 
 
+def by_model(name: str) -> str:
+    """The per-model defaults of a setting, for its help line."""
+    fmt = lambda v: ("on" if v else "off") if isinstance(v, bool) else str(v)  # noqa: E731
+    parts = [f"{m} {fmt(d[name])}" for m, d in C.MODEL_DEFAULTS.items() if name in d]
+    return f" [default by --model: {', '.join(parts)}]"
+
+
+# Settings left to the model when neither a flag nor the YAML file gives them.
+MODEL_DEPENDENT = frozenset(k for d in C.MODEL_DEFAULTS.values() for k in d)
+
+
 @click.command(
     context_settings=CONTEXT,
     epilog="""\b
@@ -81,7 +92,8 @@ Examples:
   cyclekit train --config run.yaml --max-steps 10     # flags override the file
 
 The run folder CHECKPOINTS_DIR/NAME holds config.yaml, last.pt (resume state), G_ab.pt and
-G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
+G_ba.pt (generators for `cyclekit translate`; G_ab.pt only for cut/fastcut), epoch_XXXX.pt and
+samples/. CUT and FastCUT: cyclekit train --model cut --data datasets/horse2zebra --name h2z_cut""",
 )
 @click.option(
     "--config",
@@ -116,6 +128,14 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
     help="Any folder of domain-B images (instead of --data).",
     type=click.Path(file_okay=False),
 )
+@opt(
+    "--model",
+    name="model",
+    type=choice(C.MODELS),
+    help="cyclegan: two generators and a cycle loss (A->B and B->A). cut / fastcut: one "
+    "generator A->B with a patchwise contrastive loss (PatchNCE); fastcut is lighter and "
+    "faster. Sets the defaults marked 'by --model'.",
+)
 @opt("--name", name="name", help="Run name: the run folder and the W&B run name.")
 @opt("--checkpoints-dir", name="checkpoints_dir", help="Where run folders are created.")
 @opt("--input-nc", name="input_nc", type=Channels(), help="Channels of domain A.")
@@ -131,8 +151,18 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
 @opt("--crop-size", name="crop_size", type=int, help="Training crop (multiple of 4, >= 24).")
 @opt("--no-flip", name="no_flip", is_flag=True, help="Disable random horizontal flips.")
 @opt("--batch-size", name="batch_size", type=int, help="Image pairs per step.")
-@opt("--epochs", name="epochs", type=int, help="Epochs at the initial learning rate.")
-@opt("--epochs-decay", name="epochs_decay", type=int, help="Epochs of linear decay to 0.")
+@opt(
+    "--epochs",
+    name="epochs",
+    type=int,
+    help="Epochs at the initial learning rate." + by_model("epochs"),
+)
+@opt(
+    "--epochs-decay",
+    name="epochs_decay",
+    type=int,
+    help="Epochs of linear decay to 0." + by_model("epochs_decay"),
+)
 @opt(
     "--max-steps",
     name="max_steps",
@@ -149,6 +179,21 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
 @opt("--beta1", name="beta1", type=float, help="Adam beta1.")
 @opt("--beta2", name="beta2", type=float, help="Adam beta2.")
 @opt("--netG", name="netG", type=choice(C.GENERATOR_ARCHS), help="Generator architecture.")
+@opt(
+    "--downsample",
+    name="downsample",
+    type=listed("downsample"),
+    help="ResNet generator's downsampling: conv (strided, the official CycleGAN weights) or "
+    "antialias (blur-pool, CUT's; also used in the PatchGAN)." + by_model("downsample"),
+)
+@opt(
+    "--upsample",
+    name="upsample",
+    type=listed("upsample"),
+    help="ResNet generator's upsampling: transpose (the official CycleGAN weights), "
+    "resize-conv (nearest x2 then a conv: no checkerboard artifacts), antialias (CUT's)."
+    + by_model("upsample"),
+)
 @opt("--ngf", name="ngf", type=int, help="Generator width (filters in the first conv).")
 @opt(
     "--netD",
@@ -160,7 +205,12 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
 @opt("--n-layers-D", name="n_layers_D", type=int, help="Layers of the n_layers PatchGAN.")
 @opt("--norm", name="norm", type=listed("norm"), help="Normalisation in all networks.")
 @opt("--dropout/--no-dropout", name="dropout", help="Dropout in the generator's blocks.")
-@opt("--init-type", name="init_type", type=listed("init_type"), help="Weight initialisation.")
+@opt(
+    "--init-type",
+    name="init_type",
+    type=listed("init_type"),
+    help="Weight initialisation." + by_model("init_type"),
+)
 @opt("--init-gain", name="init_gain", type=float, help="Scale of the initialisation.")
 @opt(
     "--gan-mode",
@@ -178,6 +228,32 @@ G_ba.pt (generators for `cyclekit translate`), epoch_XXXX.pt and samples/.""",
 )
 @opt("--lambda-gp", name="lambda_gp", type=float, help="Gradient penalty weight (wgangp).")
 @opt("--pool-size", name="pool_size", type=int, help="Fake-image history size; 0 = off.")
+@opt("--lambda-gan", name="lambda_gan", type=float, help="cut/fastcut: adversarial loss weight.")
+@opt(
+    "--lambda-nce",
+    name="lambda_nce",
+    type=float,
+    help="cut/fastcut: PatchNCE loss weight." + by_model("lambda_nce"),
+)
+@opt(
+    "--nce-idt/--no-nce-idt",
+    name="nce_idt",
+    help="cut/fastcut: PatchNCE between B and G(B) as well (an identity term)."
+    + by_model("nce_idt"),
+)
+@opt(
+    "--nce-layers",
+    name="nce_layers",
+    help="cut/fastcut: encoder layers whose features PatchNCE compares (comma-separated).",
+)
+@opt("--num-patches", name="num_patches", type=int, help="cut/fastcut: patches per layer.")
+@opt("--nce-t", name="nce_t", type=float, help="cut/fastcut: PatchNCE temperature.")
+@opt(
+    "--flip-equivariance/--no-flip-equivariance",
+    name="flip_equivariance",
+    help="cut/fastcut: translate a mirrored input half the time and ask for the mirrored "
+    "result." + by_model("flip_equivariance"),
+)
 @opt("--seed", name="seed", type=int, help="Seed for init, data order, crops, pools.")
 @opt("--device", name="device", type=DEVICE, help="Where to train.")
 @opt(
@@ -228,11 +304,13 @@ def train(
     overwrite: bool,
     **flags: object,
 ) -> None:
-    """Train a CycleGAN on two unpaired image folders.
+    """Train CycleGAN (or CUT / FastCUT) on two unpaired image folders.
 
     Defaults reproduce the official CycleGAN recipe: ResNet-9 generators, 70x70 PatchGANs,
-    LSGAN, cycle weight 10, identity 0.5, pool 50, Adam 2e-4, 100 + 100 epochs. Stop any
-    time with Ctrl-C (last.pt is saved) and continue with --resume auto.
+    LSGAN, cycle weight 10, identity 0.5, pool 50, Adam 2e-4, 100 + 100 epochs. --model cut
+    or fastcut switches to the official CUT code's defaults (one generator A->B, PatchNCE,
+    anti-aliased sampling, xavier init; 200 + 200 or 150 + 50 epochs). Stop any time with
+    Ctrl-C (last.pt is saved) and continue with --resume auto.
     """
     values: dict[str, object] = {}
     explicit: set[str] = set()
@@ -247,7 +325,9 @@ def train(
         for name, value in flags.items():
             from_command_line = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
             if from_command_line or name not in values:
-                values[name] = value
+                # Not given: a model-dependent setting is left for --model to decide.
+                left_to_model = name in MODEL_DEPENDENT and not from_command_line
+                values[name] = None if left_to_model else value
             if from_command_line:
                 explicit.add(name)
         if tags:
@@ -270,15 +350,18 @@ def train(
         why = "interrupted" if result.interrupted else "limit reached (--max-steps/--max-minutes)"
         click.echo(
             f"stopped at step {result.step}, {why}; continue with --resume auto "
-            f"({where}/last.pt); generators so far in {where}/G_ab.pt and G_ba.pt",
+            f"({where}/last.pt); generators so far: {_generators(where)}",
             err=True,
         )
         if result.interrupted:
             sys.exit(130)
         return
-    click.echo(
-        f"done: step {result.step}; generators in {where}/G_ab.pt and {where}/G_ba.pt", err=True
-    )
+    click.echo(f"done: step {result.step}; generators: {_generators(where)}", err=True)
+
+
+def _generators(run_dir: Path) -> str:
+    # One-sided models (CUT, FastCUT) save G_ab.pt only.
+    return " and ".join(str(run_dir / n) for n in ("G_ab.pt", "G_ba.pt") if (run_dir / n).exists())
 
 
 def preflight(cfg: C.TrainConfig, resume: str | None, explicit: set[str]) -> None:
@@ -289,10 +372,18 @@ def preflight(cfg: C.TrainConfig, resume: str | None, explicit: set[str]) -> Non
     """
     from cyclekit.training.tracking import check_wandb_mode
 
+    no_data = cfg.data is None and cfg.data_a is None and cfg.data_b is None
+    last = cfg.run_dir / "last.pt"
     if resume is None:
         C.require_data_source(cfg)
     elif resume != "auto" and not Path(resume).is_file():
         raise C.ConfigError(f"--resume {resume}: no such file (give auto or a last.pt path)")
+    elif resume == "auto" and no_data and not last.is_file():
+        # A mistyped --name: there is no run to take the data from, and no data to start one.
+        raise C.ConfigError(
+            f"--resume auto: nothing to resume at {last}; check --name and --checkpoints-dir, "
+            "or give --data to start a new run"
+        )
     if resume is None or "wandb_mode" in explicit:
         check_wandb_mode(cfg.wandb_mode)
     from cyclekit.training.prepare import check_distributed_config, check_writable_dir
