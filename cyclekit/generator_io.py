@@ -185,6 +185,15 @@ def _load_any(
         return model, info
     if fmt == TRAIN_FORMAT:
         _check_version(obj, path)
+        if set(obj["specs"]) == {"G_ab"}:
+            # A one-sided model (CUT, FastCUT) learns A -> B only.
+            model_name = str((obj.get("config") or {}).get("model", "one-sided"))
+            if direction == "b2a":
+                raise CheckpointError(
+                    f"{path}: a {model_name} model translates one way only (A to B); "
+                    "--direction b2a needs a model trained the other way round, or a CycleGAN"
+                )
+            direction = "a2b"
         if direction not in DIRECTIONS:
             raise CheckpointError(
                 f"{path}: a training checkpoint holds both generators; pass --direction a2b or b2a"

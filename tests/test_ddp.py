@@ -92,3 +92,16 @@ def test_batch_norm_runs_are_in_sync_too(tmp_path):
         data, tmp_path / "ck", 2, "--max-steps", "2", "--norm", "batch", "--batch-size", "2"
     )
     assert "weights identical on all 2 ranks: yes" in log, log
+
+
+def test_cut_trains_in_sync_under_two_gloo_processes(tmp_path):
+    # G and D are DDP modules; the head runs twice per step, so its gradients are averaged
+    # by hand: the end-of-run check covers all three.
+    data = make_image_tree(tmp_path / "data", n_a=4, n_b=4)
+    log = _train(
+        data, tmp_path / "ck", 2, "--max-steps", "3", "--model", "cut", "--nce-layers", "0,4,8",
+        "--num-patches", "16",
+    )  # fmt: skip
+    assert "weights identical on all 2 ranks: yes" in log, log
+    state = safe_load(tmp_path / "ck" / "ddp" / "last.pt")
+    assert set(state["models"]) == {"G_ab", "D_b", "F"} and state["step"] == 3

@@ -140,6 +140,9 @@ class _Shift:
     def optimizers(self):
         return {"G": self.opt}
 
+    def prepare_restore(self, models):
+        pass
+
     def rank_state(self):
         return {"seen": self.steps_seen}
 

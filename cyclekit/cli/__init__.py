@@ -15,7 +15,11 @@ from cyclekit import __version__
 
 # command name -> ("module", "attribute", one-line help shown by `cyclekit --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("cyclekit.cli.train", "train", "Train a CycleGAN on two unpaired image folders."),
+    "train": (
+        "cyclekit.cli.train",
+        "train",
+        "Train CycleGAN, CUT or FastCUT on two unpaired image folders.",
+    ),
     "translate": (
         "cyclekit.cli.translate",
         "translate",

@@ -23,6 +23,29 @@ GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
 DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel")
 GAN_MODES = ("lsgan", "vanilla", "wgangp", "hinge")
 PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+MODELS = ("cyclegan", "cut", "fastcut")
+ONE_SIDED = ("cut", "fastcut")  # one generator (A -> B), no cycle
+# Settings whose default depends on --model: None in the dataclass means "the model's default",
+# filled in when the config is built (and saved resolved, so a resume never re-guesses them).
+# CycleGAN: the official CycleGAN code; CUT and FastCUT: the official CUT code's two modes.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cyclegan": {
+        "epochs": 100, "epochs_decay": 100, "init_type": "normal",
+        "downsample": "conv", "upsample": "transpose",
+    },
+    "cut": {
+        "epochs": 200, "epochs_decay": 200, "init_type": "xavier",
+        "downsample": "antialias", "upsample": "antialias",
+        "lambda_nce": 1.0, "nce_idt": True, "flip_equivariance": False,
+    },
+    "fastcut": {
+        "epochs": 150, "epochs_decay": 50, "init_type": "xavier",
+        "downsample": "antialias", "upsample": "antialias",
+        "lambda_nce": 10.0, "nce_idt": False, "flip_equivariance": True,
+    },
+}  # fmt: skip
+CUT_ONLY = ("lambda_gan", "lambda_nce", "nce_idt", "nce_layers", "num_patches", "nce_t")
+CUT_ONLY += ("flip_equivariance",)
 # Beyond these, a typo (an extra zero) would ask for tens of GB before the first step.
 MAX_SIDE = 8192  # --load-size / --crop-size
 MAX_WIDTH = 1024  # --ngf / --ndf
@@ -69,7 +92,9 @@ def _flag(name: str) -> str:
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a CycleGAN training run. Defaults are the official ones."""
+    """Everything that defines a training run. Defaults are the official ones of ``model``."""
+
+    model: str = "cyclegan"  # cyclegan | cut | fastcut
 
     # data
     data: str | None = None  # folder with trainA/ trainB/ (testA/ testB/ optional)
@@ -90,8 +115,8 @@ class TrainConfig:
     num_workers: int = 4
     compile: bool = False  # torch.compile the four networks (slow start, faster steps)
     batch_size: int = 1
-    epochs: int = 100  # epochs at the initial learning rate
-    epochs_decay: int = 100  # epochs of linear decay to 0
+    epochs: int | None = None  # epochs at the initial learning rate (model default)
+    epochs_decay: int | None = None  # epochs of linear decay to 0 (model default)
     max_steps: int | None = None  # stop after this many iterations in total (smoke runs)
     max_minutes: float | None = None  # stop (and save) after this much training time
     # model
@@ -102,8 +127,10 @@ class TrainConfig:
     n_layers_D: int = 3  # used by netD=n_layers
     norm: str = "instance"
     dropout: bool = False  # official CycleGAN trains without dropout
-    init_type: str = "normal"
+    init_type: str | None = None  # normal (CycleGAN) or xavier (CUT)
     init_gain: float = 0.02
+    downsample: str | None = None  # ResNet generators: conv (CycleGAN) | antialias (CUT)
+    upsample: str | None = None  # transpose (CycleGAN) | resize-conv | antialias (CUT)
     # losses and optimiser
     gan_mode: str = "lsgan"
     lambda_a: float = 10.0  # cycle loss weight A -> B -> A
@@ -114,6 +141,14 @@ class TrainConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    # CUT / FastCUT (ignored by cyclegan)
+    lambda_gan: float = 1.0  # adversarial loss weight
+    lambda_nce: float | None = None  # PatchNCE weight: 1 (CUT), 10 (FastCUT)
+    nce_idt: bool | None = None  # PatchNCE between B and G(B) too: on for CUT
+    nce_layers: str = "0,4,8,12,16"  # encoder layers whose features PatchNCE compares
+    num_patches: int = 256  # patches sampled per layer
+    nce_t: float = 0.07  # PatchNCE temperature
+    flip_equivariance: bool | None = None  # FastCUT: translate flipped inputs half the time
     # logging and saving
     log_every: int = 100  # steps between loss logs (each log syncs the device once)
     sample_every: int = 400  # steps between sample grids
@@ -126,7 +161,16 @@ class TrainConfig:
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"--model {self.model!r} is not one of: {', '.join(MODELS)}")
+        for name, value in MODEL_DEFAULTS[self.model].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self.validate()
+
+    @property
+    def one_sided(self) -> bool:
+        return self.model in ONE_SIDED
 
     def validate(self) -> None:
         """Check every setting on its own and against the others (not the data folders:
@@ -180,7 +224,7 @@ class TrainConfig:
                 raise ConfigError(f"{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.input_nc not in (1, 3) or self.output_nc not in (1, 3):
             raise ConfigError("--input-nc and --output-nc must be 1 or 3")
-        if self.lambda_identity > 0 and self.input_nc != self.output_nc:
+        if not self.one_sided and self.lambda_identity > 0 and self.input_nc != self.output_nc:
             raise ConfigError(
                 "--lambda-identity needs --input-nc == --output-nc; set --lambda-identity 0"
             )
@@ -195,6 +239,46 @@ class TrainConfig:
             )
         if self.preprocess != "none":
             self._check_side(self.crop_size, "--crop-size")
+        self._check_model()
+
+    def _check_model(self) -> None:
+        """What the chosen model needs (generator sampling layers, CUT's settings)."""
+        if self.one_sided and self.netG.startswith("unet"):
+            raise ConfigError(
+                f"--model {self.model} needs a ResNet generator (its encoder features feed "
+                f"PatchNCE); --netG {self.netG} has none: use resnet_9blocks or resnet_6blocks"
+            )
+        sampling = (self.downsample, self.upsample)
+        if self.netG.startswith("unet") and sampling != ("conv", "transpose"):
+            raise ConfigError(
+                f"--downsample/--upsample apply to ResNet generators; --netG {self.netG} has "
+                "its own (use --downsample conv --upsample transpose)"
+            )
+        if not self.one_sided:
+            return
+        if self.gan_mode == "wgangp":
+            raise ConfigError(f"--model {self.model} does not support --gan-mode wgangp")
+        if self.nce_idt and self.input_nc != self.output_nc:
+            raise ConfigError(
+                "--nce-idt feeds B images to the A->B generator, so it needs --input-nc == "
+                "--output-nc; add --no-nce-idt"
+            )
+        try:
+            layers = [int(x) for x in str(self.nce_layers).split(",")]
+        except ValueError:
+            layers = []
+        if not layers or min(layers) < 0 or layers != sorted(set(layers)):
+            raise ConfigError(
+                f"--nce-layers {self.nce_layers!r} must be increasing layer numbers like "
+                "0,4,8,12,16"
+            )
+        for name in ("lambda_gan", "lambda_nce"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.num_patches < 1:
+            raise ConfigError(f"--num-patches must be >= 1, got {self.num_patches}")
+        if not self.nce_t > 0:
+            raise ConfigError(f"--nce-t must be > 0, got {self.nce_t}")
 
     def _check_side(self, side: int, flag: str) -> None:
         multiple = 2 ** (7 if self.netG == "unet_128" else 8) if self.netG.startswith("unet") else 4
@@ -206,7 +290,7 @@ class TrainConfig:
             )
         if self.netD != "pixel":
             n_layers = 3 if self.netD == "basic" else self.n_layers_D
-            need = min_patch_side(n_layers)
+            need = min_patch_side(n_layers, antialias=self.downsample == "antialias")
             if side < need:
                 raise ConfigError(
                     f"{flag} {side} is too small: the PatchGAN discriminator with "
@@ -249,6 +333,7 @@ def choice_lists() -> dict[str, tuple[str, ...]]:
     """Setting -> allowed values. Each list is defined once, beside the code that uses it."""
     from cyclekit.devices import PRECISIONS  # torch: imported only when a config is checked
     from cyclekit.models import INITS, NORMS
+    from cyclekit.models.resnet import DOWNSAMPLES, UPSAMPLES
 
     return {
         "netG": GENERATOR_ARCHS,
@@ -259,6 +344,9 @@ def choice_lists() -> dict[str, tuple[str, ...]]:
         "preprocess": PREPROCESS,
         "precision": PRECISIONS,
         "wandb_mode": WANDB_MODES,
+        "model": MODELS,
+        "downsample": DOWNSAMPLES,
+        "upsample": UPSAMPLES,
     }
 
 
@@ -272,11 +360,12 @@ def is_device_name(text: str) -> bool:
     return base == "cuda" and index.isdigit()
 
 
-def min_patch_side(n_layers: int) -> int:
+def min_patch_side(n_layers: int, antialias: bool = False) -> int:
     """Smallest image side for which an n-layer PatchGAN still outputs at least 1x1.
 
     Each strided layer maps a side s to (s - 2) // 2 + 1, which is >= t exactly when s >= 2t,
-    and the two stride-1 layers at the end need 3: so 3 * 2 ** n_layers.
+    and the two stride-1 layers at the end need 3: so 3 * 2 ** n_layers. The anti-aliased
+    PatchGAN (CUT) maps s to ceil((s - 1) / 2), which needs s >= 2t: the same bound.
     """
     return 3 * 2**n_layers
 

@@ -70,6 +70,9 @@ class CycleGAN:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"G": self.opt_G, "D": self.opt_D}
 
+    def prepare_restore(self, models: dict[str, dict[str, torch.Tensor]]) -> None:
+        pass  # every part exists from the start
+
     def train_step(
         self,
         batch: dict[str, torch.Tensor],

@@ -24,6 +24,9 @@ Members a model provides:
     Replace each network by ``fn(name, module)``; the model must keep using the wrapped ones.
 ``optimizers() -> dict[str, Optimizer]``
     By checkpoint key; the loop sets their learning rate from the schedule.
+``prepare_restore(models)``
+    Called with a checkpoint's state_dicts before they are loaded: a model whose parts are
+    built lazily (CUT's head) builds them here so that the load finds them.
 ``rank_state() -> dict`` / ``load_rank_state(state, device)``
     What differs between ranks and must survive a resume (pools, random streams), as
     ``weights_only``-safe values.
@@ -66,6 +69,8 @@ class TrainModel(Protocol):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
 
+    def prepare_restore(self, models: dict[str, dict[str, torch.Tensor]]) -> None: ...
+
     def rank_state(self) -> dict[str, Any]: ...
 
     def load_rank_state(self, state: dict[str, Any], device: torch.device) -> None: ...
@@ -84,8 +89,16 @@ def _build_cyclegan(cfg: TrainConfig, device: torch.device, rank: int) -> TrainM
 
 
 # Model name -> builder. Imported lazily so a model's code loads only when it is trained.
+def _build_cut(cfg: TrainConfig, device: torch.device, rank: int) -> TrainModel:
+    from cyclekit.training.cut import build_cut
+
+    return build_cut(cfg, device, rank)
+
+
 BUILDERS: dict[str, Callable[[TrainConfig, torch.device, int], TrainModel]] = {
     "cyclegan": _build_cyclegan,
+    "cut": _build_cut,  # FastCUT is CUT with other defaults
+    "fastcut": _build_cut,
 }
 
 

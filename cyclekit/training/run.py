@@ -38,6 +38,7 @@ from cyclekit.training.distributed import (
 )
 from cyclekit.training.model import TrainModel, build_model
 from cyclekit.training.prepare import (
+    check_distributed_config,
     check_uncropped_sizes,
     domain_dirs,
     merge_resumed_config,
@@ -148,6 +149,7 @@ def open_run(
         if state is not None:
             cfg = merge_resumed_config(state["config"], cfg, explicit)
         dist, device = init_distributed(resolve_device(cfg.device))
+        check_distributed_config(cfg, dist.world_size)  # the merged config, as it will run
         return _build_run(cfg, dist, device, lock, resume_path), state
     except BaseException:
         if lock is not None:

@@ -9,7 +9,8 @@ from PIL import Image
 
 from cyclekit.files import atomic_path
 
-COLUMNS = ("real_a", "fake_b", "rec_a", "real_b", "fake_a", "rec_b")
+# A two-sided model fills the first six; a one-sided one (CUT) real_a, fake_b, real_b, idt_b.
+COLUMNS = ("real_a", "fake_b", "rec_a", "real_b", "fake_a", "rec_b", "idt_b")
 
 
 def _rgb(t: torch.Tensor) -> torch.Tensor:

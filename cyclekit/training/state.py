@@ -110,6 +110,7 @@ def restore_train_state(
         mine = {key: state[key] for key in _rank_keys(state)}
     else:
         mine = None
+    m.prepare_restore(state["models"])
     for name, net in m.networks().items():
         net.load_state_dict(state["models"][name])
     for name, opt in m.optimizers().items():
