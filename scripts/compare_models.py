@@ -426,6 +426,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    for _label, model, upsample, overrides in pairs:  # every setting checked before any work
+        base, changes = base_config(args, Path("dataset"), Path("work"), args.minutes)
+        model_config(base, model, upsample, overrides, **changes | {"precision": "fp32"})
     keep = Path(args.keep) if args.keep else None
     if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
         raise UsageError(f"--keep {keep}: exists and is not an empty folder; name a new one")
