@@ -33,15 +33,32 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """The CPU computes bf16 natively (AVX-512 BF16 or AMX), read off the kernel's CPU flags.
+
+    Elsewhere (older x86, Apple silicon, no /proc) bf16 is emulated and slower than fp32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where autocast supports it fast (CUDA with bf16, CPU), else fp32."""
+    """``auto`` -> bf16 where it runs natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX),
+    fp16 on older GPUs, else fp32."""
     if name not in PRECISIONS:
         raise UsageError(f"unknown --precision {name!r}; choose one of {', '.join(PRECISIONS)}")
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         if device.type == "cpu":
-            return "bf16"
+            return "bf16" if cpu_has_native_bf16() else "fp32"
         return "fp32"
     if name == "fp16" and device.type == "cpu":
         raise UsageError("--precision fp16 is not supported on CPU; use bf16 or fp32")

@@ -15,6 +15,7 @@ from cyclekit.models.discriminator import patch_output_size
 from cyclekit.training.config import ConfigError, TrainConfig
 from cyclekit.training.cut import build_cut
 from cyclekit.training.loop import train
+from cyclekit.training.model import build_model
 from tests.helpers import make_image_tree, tiny_config
 from tests.test_translate_common import cli
 
@@ -202,3 +203,16 @@ def test_a_few_steps_of_each_model_on_real_photos(tmp_path, horse2zebra):
         res = train(cfg, progress=False)
         loss = res.history[-1]["loss/G"]
         assert res.step == 2 and math.isfinite(loss), (model, res.history)
+
+
+@pytest.mark.parametrize("upsample", ["resize-conv", "antialias"])
+def test_cyclegan_builds_the_upsampling_it_is_asked_for(upsample):
+    cfg = TrainConfig(
+        data="x", netG="resnet_6blocks", ngf=4, ndf=4, crop_size=32, upsample=upsample
+    )
+    m = build_model(cfg, torch.device("cpu"))
+    for name in ("G_ab", "G_ba"):
+        assert m.specs[name]["upsample"] == upsample
+        assert not any(isinstance(x, torch.nn.ConvTranspose2d) for x in m.G_ab.modules())
+    plain = build_model(TrainConfig(data="x", ngf=4, ndf=4, crop_size=32), torch.device("cpu"))
+    assert "upsample" not in plain.specs["G_ab"]  # the official layout, spec unchanged

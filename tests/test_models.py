@@ -118,3 +118,30 @@ def test_malformed_generator_files_are_one_line_errors(tmp_path):
         with pytest.raises(CheckpointError) as e:
             load_generator(tmp_path / name, "a2b")
         assert str(e.value).startswith(str(tmp_path / name)) and "\n" not in str(e.value)
+
+
+def test_auto_precision_is_bf16_only_on_cpus_that_run_it_natively(monkeypatch, tmp_path):
+    import builtins
+
+    from cyclekit import devices
+
+    real_open = builtins.open
+
+    def cpu_with(flags: str):
+        def fake_open(path, *a, **k):
+            if str(path) == "/proc/cpuinfo":
+                info = tmp_path / "cpuinfo"
+                info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+                return real_open(info, *a, **k)
+            return real_open(path, *a, **k)
+
+        monkeypatch.setattr(builtins, "open", fake_open)
+
+    cpu = torch.device("cpu")
+    cpu_with("fpu sse avx2 avx512f avx512bw")  # AVX-512 without BF16: emulated, slower
+    assert devices.resolve_precision("auto", cpu) == "fp32"
+    cpu_with("fpu avx512f avx512_bf16")  # AMD Zen 4 style
+    assert devices.resolve_precision("auto", cpu) == "bf16"
+    cpu_with("fpu avx512f amx_bf16 amx_tile")  # Intel with AMX
+    assert devices.resolve_precision("auto", cpu) == "bf16"
+    assert devices.resolve_precision("fp32", cpu) == "fp32"  # asked for: kept

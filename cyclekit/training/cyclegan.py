@@ -30,7 +30,10 @@ LOSS_NAMES = (
 
 def generator_specs(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
     """Constructor args of both generators; saved in checkpoints so loading needs no flags."""
-    common = {"ngf": cfg.ngf, "norm": cfg.norm, "use_dropout": cfg.dropout}
+    common = {
+        "ngf": cfg.ngf, "norm": cfg.norm, "use_dropout": cfg.dropout,
+        "downsample": cfg.downsample, "upsample": cfg.upsample,
+    }  # fmt: skip
     return {
         "G_ab": generator_spec(cfg.netG, cfg.input_nc, cfg.output_nc, **common),
         "G_ba": generator_spec(cfg.netG, cfg.output_nc, cfg.input_nc, **common),
