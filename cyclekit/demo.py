@@ -71,7 +71,7 @@ def _reusable(task: str, root: Path, size: int, n_train: int, n_test: int, seed:
 
 def _check_out(out: Path) -> None:
     """The output folder can be written, and its index.html (if any) is a demo gallery."""
-    from cyclekit.training.prepare import check_writable_dir
+    from cyclekit.files import check_writable_dir
 
     check_writable_dir(out, "--out")
     page = out / "index.html"
@@ -186,8 +186,8 @@ def run_demo(
     """Make the data, train, translate the test set, score it and write the gallery."""
     from cyclekit.data.images import decode_image, list_images
     from cyclekit.data.synth import SYNTH_TASKS, make_synthetic, psnr
+    from cyclekit.files import check_writable_dir
     from cyclekit.training.loop import train
-    from cyclekit.training.prepare import check_writable_dir
     from cyclekit.training.tracking import check_wandb_mode
     from cyclekit.translate.engine import (
         TranslateError,

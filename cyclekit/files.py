@@ -194,3 +194,17 @@ def new_file_mode() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def check_writable_dir(path: Path, flag: str, error: type[CyclekitError] = UsageError) -> None:
+    """``path`` is, or can be made, a writable folder: checked without creating anything.
+
+    Raises ``error`` (the caller's kind of user error) naming the flag and the blocking path.
+    """
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise error(f"{flag} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise error(f"{flag} {path}: {probe} is not writable")

@@ -386,9 +386,10 @@ def preflight(cfg: C.TrainConfig, resume: str | None, explicit: set[str]) -> Non
         )
     if resume is None or "wandb_mode" in explicit:
         check_wandb_mode(cfg.wandb_mode)
-    from cyclekit.training.prepare import check_distributed_config, check_writable_dir
+    from cyclekit.files import check_writable_dir
+    from cyclekit.training.prepare import check_distributed_config
 
-    check_writable_dir(Path(cfg.checkpoints_dir), "--checkpoints-dir")
+    check_writable_dir(Path(cfg.checkpoints_dir), "--checkpoints-dir", C.ConfigError)
     try:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from cyclekit.files import (
     FORMAT_VERSION,
     CheckpointError,
     atomic_path,
+    check_writable_dir,
     refuse_overwrite,
     safe_load,
 )
@@ -186,21 +186,9 @@ def _preflight(cfg: C) -> C:
     """What can be refused before anything is written: the run folder's parent, W&B online."""
     from cyclekit.training.tracking import check_wandb_mode
 
-    _check_writable_dir(Path(cfg.checkpoints_dir), "--checkpoints-dir")  # type: ignore[attr-defined]
+    check_writable_dir(Path(cfg.checkpoints_dir), "--checkpoints-dir", ConfigError)
     check_wandb_mode(cfg.wandb_mode)  # type: ignore[attr-defined]
     return cfg
-
-
-def _check_writable_dir(path: Path, flag: str) -> None:
-    # The check `cyclekit train` makes (training.prepare.check_writable_dir), without importing
-    # the CycleGAN data and model modules that prepare pulls in.
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"{flag} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: {probe} is not writable")
 
 
 def run_folder(cfg: Any) -> Path:

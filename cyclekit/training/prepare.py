@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +10,6 @@ import torch
 
 from cyclekit.data.images import ImageDecodeError, decode_image
 from cyclekit.data.unpaired import Domain
-from cyclekit.files import CheckpointError
-from cyclekit.files import write_yaml as _write_yaml
 from cyclekit.models import side_multiple
 from cyclekit.training.config import (
     RESUMABLE_OVERRIDES,
@@ -49,19 +44,6 @@ def domain_dirs(cfg: TrainConfig) -> tuple[Path, Path, Path | None, Path | None]
         )
     assert cfg.data_a is not None and cfg.data_b is not None  # require_data_source
     return _folder("--data-a", Path(cfg.data_a)), _folder("--data-b", Path(cfg.data_b)), None, None
-
-
-def check_writable_dir(path: Path, flag: str) -> None:
-    """``path`` is, or can be made, a writable folder: checked without creating anything."""
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"{flag} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: {probe} is not writable")
 
 
 def check_distributed_config(cfg: TrainConfig, world_size: int) -> None:
@@ -151,18 +133,6 @@ def sample_batch(paths: list[Path], channels: int, cfg: TrainConfig) -> torch.Te
     return torch.stack(tensors) if tensors else None
 
 
-def resolve_resume(cfg: TrainConfig, resume: str | None) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "auto":
-        last = cfg.run_dir / "last.pt"
-        return last if last.exists() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise CheckpointError(f"--resume {path}: no such file")
-    return path
-
-
 def merge_resumed_config(
     saved: dict[str, Any], cfg: TrainConfig, explicit: set[str] | None
 ) -> TrainConfig:
@@ -196,35 +166,3 @@ def merge_resumed_config(
             + ". Drop these flags, or start a new run with another --name"
         )
     return TrainConfig.from_dict(merged, "checkpoint config")
-
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary and returns."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-        print(
-            "\nstopping after this step (saving last.pt); press Ctrl-C again to abort",
-            file=sys.stderr,
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def write_yaml(path: Path, values: dict[str, Any]) -> None:
-    """Kept for the loop until it uses :func:`cyclekit.files.write_yaml` directly."""
-    _write_yaml(path, values)
