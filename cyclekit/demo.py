@@ -96,13 +96,16 @@ def train_config(
     seed: int,
     wandb_mode: str,
     max_steps: int | None,
+    model: str = "cyclegan",
 ) -> TrainConfig:
-    """The demo's training preset: a small ResNet CycleGAN at the dataset's size, bf16 where
-    the hardware has it, a constant learning rate (the run is cut by time, not epochs)."""
+    """The demo's training preset: a small ResNet ``model`` (cyclegan, cut or fastcut) at the
+    dataset's size, bf16 where the hardware has it, a constant learning rate (the run is cut by
+    time, not epochs). The model's other defaults are its official ones."""
     size, _, _, width, batch = PRESETS[preset]
     return TrainConfig(
+        model=model,
         data=str(dataset),
-        name=f"demo_{dataset.name}",
+        name=f"demo_{dataset.name}" + ("" if model == "cyclegan" else f"_{model}"),
         checkpoints_dir=str(out / "checkpoints"),
         netG="resnet_6blocks",
         ngf=width,
@@ -182,6 +185,7 @@ def run_demo(
     wandb_mode: str = "offline",
     max_steps: int | None = None,
     progress: bool = True,
+    model: str = "cyclegan",
 ) -> DemoResult:
     """Make the data, train, translate the test set, score it and write the gallery."""
     from cyclekit.data.images import decode_image, list_images
@@ -205,7 +209,9 @@ def run_demo(
     # Everything that can be checked is checked before the dataset is drawn.
     out, root = Path(out), Path(datasets_root)
     size, n_train, n_test, _, _ = PRESETS[preset]
-    cfg = train_config(root / task, out, preset, minutes, device, seed, wandb_mode, max_steps)
+    cfg = train_config(
+        root / task, out, preset, minutes, device, seed, wandb_mode, max_steps, model
+    )
     check_wandb_mode(wandb_mode)
     check_writable_dir(root, "--datasets-root")
     _check_out(out)

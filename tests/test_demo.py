@@ -70,3 +70,16 @@ def test_demo_never_replaces_a_dataset_or_page_it_did_not_make(tmp_path):
     r = CliRunner().invoke(main, [*args, "--max-steps", "1", "--no-progress"])
     assert r.exit_code == 1 and "--out" in r.output and "not a cyclekit demo gallery" in r.output
     assert (out / "index.html").read_text() == "my page"
+
+
+def test_demo_with_a_one_sided_model(tmp_path):
+    out, root = tmp_path / "out", tmp_path / "datasets"
+    args = ["demo", "--preset", "tiny", "--model", "fastcut", "--out", str(out),
+            "--datasets-root", str(root), "--max-steps", "3", "--no-progress",
+            "--wandb-mode", "disabled"]  # fmt: skip
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "trained 3 steps" in r.output and "PSNR vs ground truth" in r.output
+    run = out / "checkpoints" / "demo_day2night_fastcut"
+    assert (run / "G_ab.pt").is_file() and not (run / "G_ba.pt").exists()
+    assert (out / "index.html").read_text().count("<img ") == 3 * 6

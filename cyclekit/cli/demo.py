@@ -7,6 +7,7 @@ import click
 from cyclekit.cli.common import CONTEXT, DEVICE, choice, user_errors
 from cyclekit.data.synth import SYNTH_TASKS
 from cyclekit.demo import PRESETS
+from cyclekit.training.config import MODELS
 from cyclekit.training.tracking import WANDB_MODES
 
 
@@ -16,7 +17,8 @@ from cyclekit.training.tracking import WANDB_MODES
 Examples:
   cyclekit demo                       # ~5 minutes on a laptop CPU
   cyclekit demo --minutes 1 --out /tmp/demo
-  cyclekit demo --task photo2poster --device cuda""",
+  cyclekit demo --task photo2poster --device cuda
+  cyclekit demo --model fastcut       # the one-sided, faster FastCUT instead of CycleGAN""",
 )
 @click.option(
     "--task",
@@ -60,6 +62,13 @@ Examples:
     show_default=True,
     help="tiny: a seconds-long smoke run (tiny images and model).",
 )
+@click.option(
+    "--model",
+    type=choice(MODELS),
+    default="cyclegan",
+    show_default=True,
+    help="cyclegan, or the one-sided cut / fastcut (A->B only, PatchNCE instead of a cycle).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--wandb-mode",
@@ -77,12 +86,13 @@ def demo(
     out: str,
     datasets_root: str,
     preset: str,
+    model: str,
     seed: int,
     wandb_mode: str,
     max_steps: int | None,
     no_progress: bool,
 ) -> None:
-    """See CycleGAN learn an unpaired translation, with pictures, in minutes on a CPU.
+    """See CycleGAN (or CUT) learn an unpaired translation, with pictures, in minutes on a CPU.
 
     Draws a synthetic unpaired dataset (scenes in style A, other scenes in style B, with the
     true B rendering of every test scene kept aside), trains a small CycleGAN on it with the
@@ -104,6 +114,7 @@ def demo(
             wandb_mode,
             max_steps,
             progress=not no_progress,
+            model=model,
         )
     click.echo(f"trained {r.steps} steps; run folder {r.run_dir}")
     click.echo(
