@@ -188,6 +188,21 @@ def _load(img: Image.Image, over_pillow_limit: bool) -> None:
         img.load()
 
 
+@contextlib.contextmanager
+def _pillow_errors(path: Path, what: str) -> Iterator[None]:
+    """Pillow's and the OS's many exceptions for a bad file, as one :class:`ImageDecodeError`."""
+    try:
+        yield
+    except ImageDecodeError:
+        raise
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{path}: not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageDecodeError(f"{path}: {what} ({e})") from None
+
+
 def image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[int, int]:
     """(width, height) of ``path`` as displayed (EXIF orientation applied), from its header.
 
@@ -197,7 +212,7 @@ def image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[
     changed): the files :func:`decode_image` would refuse before decoding.
     """
     path = Path(path)
-    try:
+    with _pillow_errors(path, "cannot read image header"):
         img, _ = _open(path, max_pixels, [])
         with img, pillow_warnings():
             w, h = img.size
@@ -205,14 +220,6 @@ def image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[
                 orientation = img.getexif().get(0x0112, 1)
             except Exception:  # broken EXIF is not worth dropping the image for
                 orientation = 1
-    except ImageDecodeError:
-        raise
-    except FileNotFoundError:
-        raise ImageDecodeError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(f"{path}: not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageDecodeError(f"{path}: cannot read image header ({e})") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -233,7 +240,7 @@ def decode_image(
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     notes: list[str] = []
-    try:
+    with _pillow_errors(path, "cannot decode image"):
         img, over_pillow_limit = _open(path, max_pixels, notes)
         with img:
             _load(img, over_pillow_limit)  # the full decode now, so truncation errors surface
@@ -260,14 +267,6 @@ def decode_image(
                 img = img.convert("L")
             img = img.convert("L" if channels == 1 else "RGB")
             pixels = np.asarray(img).copy()
-    except ImageDecodeError:
-        raise
-    except FileNotFoundError:
-        raise ImageDecodeError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(f"{path}: not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageDecodeError(f"{path}: cannot decode image ({e})") from None
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if alpha is not None and composite_alpha:
