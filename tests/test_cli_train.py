@@ -722,3 +722,19 @@ def test_a_hand_set_world_size_is_one_clear_error(monkeypatch, env):
         monkeypatch.setenv(k, v)
     with pytest.raises(UsageError, match="start multi-process runs with torchrun"):
         init_distributed(torch.device("cpu"))
+
+
+def test_each_choice_list_is_defined_once_and_used_by_the_flags():
+    import click
+
+    from cyclekit import devices, models
+    from cyclekit.cli.train import train
+    from cyclekit.training import config, losses
+
+    lists = config.choice_lists()
+    assert lists["norm"] is models.NORMS and lists["init_type"] is models.INITS
+    assert lists["precision"] is devices.PRECISIONS and lists["wandb_mode"] is tracking.WANDB_MODES
+    assert losses.GAN_MODES is config.GAN_MODES is lists["gan_mode"]
+    for param in train.params:
+        if isinstance(param.type, click.Choice) and param.name in lists:
+            assert tuple(param.type.choices) == tuple(lists[param.name]), param.name
