@@ -169,3 +169,24 @@ def test_a_second_model_plugs_in_without_touching_the_loop(tmp_path, monkeypatch
     assert set(state["optimizers"]) == {"G"} and state["step"] == 10
     assert resumed.history[-1]["lr/G"] == 0.0  # the shared schedule decayed it to the end
     assert list(itertools.islice((resumed.run_dir / "samples").glob("*.png"), 1))
+
+
+def test_resuming_an_online_run_without_credentials_fails_before_writing(tmp_path, monkeypatch):
+    from cyclekit.errors import UsageError
+    from cyclekit.files import atomic_save
+
+    data = make_image_tree(tmp_path / "data")
+    cfg = tiny_config(data, tmp_path / "ck", max_steps=1)
+    train(cfg, progress=False)
+    last = cfg.run_dir / "last.pt"
+    state = safe_load(last)
+    state["config"]["wandb_mode"] = "online"  # as saved by a run that logged online
+    atomic_save(state, last)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    before = {p.name: p.read_bytes() for p in cfg.run_dir.iterdir() if p.is_file()}
+    with pytest.raises(UsageError, match="online needs W&B credentials"):
+        train(dataclasses.replace(cfg, max_steps=2), resume="auto", explicit={"max_steps"},
+              progress=False)  # fmt: skip
+    after = {p.name: p.read_bytes() for p in cfg.run_dir.iterdir() if p.is_file()}
+    assert after == before

@@ -53,7 +53,7 @@ from cyclekit.training.state import (
     restore_train_state,
     save_train_state,
 )
-from cyclekit.training.tracking import NullTracker, Tracker, start_tracker
+from cyclekit.training.tracking import NullTracker, Tracker, check_wandb_mode, start_tracker
 
 
 @dataclass
@@ -148,6 +148,9 @@ def open_run(
         state = load_train_state(resume_path) if resume_path else None
         if state is not None:
             cfg = merge_resumed_config(state["config"], cfg, explicit)
+            # A run saved as --wandb-mode online needs credentials now too: say so before
+            # anything in the run folder is rewritten.
+            check_wandb_mode(cfg.wandb_mode)
         dist, device = init_distributed(resolve_device(cfg.device))
         check_distributed_config(cfg, dist.world_size)  # the merged config, as it will run
         return _build_run(cfg, dist, device, lock, resume_path), state
