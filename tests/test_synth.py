@@ -98,8 +98,22 @@ def _colour_lut_psnr(name: str, size: int = 64) -> tuple[float, float]:
 @pytest.mark.parametrize("name", TASKS)
 def test_doing_nothing_scores_clearly_worse_than_a_colour_mapping(name):
     nothing, mapped = _colour_lut_psnr(name)
-    assert nothing < 16.0, "the task must not be (close to) the identity"
+    if SYNTH_TASKS[name].mild:  # a grade: close to the input, but not the input
+        assert 20.0 < nothing < 30.0, nothing
+    else:
+        assert nothing < 16.0, "the task must not be (close to) the identity"
     assert mapped > nothing + 6.0, "a mostly colour/tone mapping must beat doing nothing"
+
+
+def test_there_is_a_mild_task_and_its_grade_keeps_the_picture():
+    from cyclekit.data.synth import film_look
+
+    assert [n for n, t in SYNTH_TASKS.items() if t.mild] == ["day2film"]
+    ramp = np.repeat(np.linspace(0, 255, 256)[None, :, None], 3, axis=2).astype(np.uint8)
+    graded = film_look(ramp).astype(int)
+    assert graded[0, 0].min() >= 14  # blacks lifted
+    assert (np.diff(graded[0, :, 1]) >= 0).all()  # the tone curve keeps the order of tones
+    assert graded[0, 128, 0] > graded[0, 128, 2]  # warm
 
 
 def test_folder_psnr_do_nothing_vs_ground_truth(tmp_path):
