@@ -58,3 +58,11 @@ def _torch_threads() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def gen(tmp_path: Path) -> Path:
+    """A tiny random generator saved as cyclekit's G_ab.pt (for translate tests)."""
+    from tests.test_translate_common import make_generator
+
+    return make_generator(tmp_path / "G_ab.pt")

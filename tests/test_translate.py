@@ -23,27 +23,17 @@ from tests.test_translate_common import (
     make_generator,
     photo,
     save_photo,
+    translate_with,
     tree_hashes,
     visible_files,
 )
-
-
-@pytest.fixture
-def gen(tmp_path: Path) -> Path:
-    return make_generator(tmp_path / "G_ab.pt")
-
-
-def _translate(inp: Path | str, out: Path, gen: Path, *extra: str):
-    return cli(
-        "translate", str(inp), "-o", str(out), "--checkpoint", str(gen), "--no-progress", *extra
-    )
 
 
 def test_odd_sizes_come_back_exactly(tmp_path: Path, gen: Path) -> None:
     sizes = {"odd.png": (257, 301), "tiny.png": (5, 7), "strip.jpg": (64, 4)}
     for name, (w, h) in sizes.items():
         save_photo(tmp_path / "in" / name, w, h)
-    r = _translate(tmp_path / "in", tmp_path / "out", gen)
+    r = translate_with(tmp_path / "in", tmp_path / "out", gen)
     assert r.exit_code == 0, r.output
     assert "done 3, skipped 0, failed 0" in r.output
     for name, size in sizes.items():
@@ -61,7 +51,7 @@ def test_exif_rotated_input_comes_out_upright_with_metadata(tmp_path: Path, gen:
     upright.save(tmp_path / "in" / "plain.png")
     stored.save(tmp_path / "in" / "rotated.png", exif=exif.tobytes(), icc_profile=icc)
     stored.save(tmp_path / "in" / "rotated.jpg", exif=exif.tobytes(), icc_profile=icc, quality=95)
-    r = _translate(tmp_path / "in", tmp_path / "out", gen)
+    r = translate_with(tmp_path / "in", tmp_path / "out", gen)
     assert r.exit_code == 0, r.output
     for name in ("rotated.png", "rotated.jpg"):
         out = Image.open(tmp_path / "out" / name)
@@ -81,7 +71,7 @@ def test_alpha_is_kept_and_gray_gives_rgb(tmp_path: Path, gen: Path) -> None:
     (tmp_path / "in").mkdir()
     Image.fromarray(rgba, "RGBA").save(tmp_path / "in" / "cut.png")
     Image.fromarray(photo(20, 16, channels=1)[:, :, 0], "L").save(tmp_path / "in" / "gray.png")
-    r = _translate(tmp_path / "in", tmp_path / "out", gen, "--precision", "fp32")
+    r = translate_with(tmp_path / "in", tmp_path / "out", gen, "--precision", "fp32")
     assert r.exit_code == 0, r.output
     out = Image.open(tmp_path / "out" / "cut.png")
     assert out.mode == "RGBA" and out.size == (33, 29)
@@ -92,7 +82,7 @@ def test_alpha_is_kept_and_gray_gives_rgb(tmp_path: Path, gen: Path) -> None:
 def test_one_channel_model_gives_gray(tmp_path: Path) -> None:
     gen = make_generator(tmp_path / "gray.pt", nc=(1, 1))
     save_photo(tmp_path / "in" / "c.png", 17, 23)
-    r = _translate(tmp_path / "in", tmp_path / "out", gen)
+    r = translate_with(tmp_path / "in", tmp_path / "out", gen)
     assert r.exit_code == 0, r.output
     out = Image.open(tmp_path / "out" / "c.png")
     assert out.mode == "L" and out.size == (17, 23)
@@ -109,7 +99,7 @@ def test_bad_files_are_listed_and_the_rest_translated(tmp_path: Path, gen: Path)
     save_photo(inp / "speck.png", 3, 3)
     before = tree_hashes(inp)
     report = tmp_path / "report.jsonl"
-    r = _translate(inp, tmp_path / "out", gen, "--report", str(report))
+    r = translate_with(inp, tmp_path / "out", gen, "--report", str(report))
     assert r.exit_code == 1
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 4
@@ -150,7 +140,7 @@ def test_subfolders_are_mirrored_and_names_never_collide(tmp_path: Path, gen: Pa
     inp = tmp_path / "in"
     for rel in ("a/x.jpg", "b/x.jpg", "x.jpg", "x.png"):
         save_photo(inp / rel, 12, 12, seed=len(rel))
-    r = _translate(inp, tmp_path / "out", gen, "--format", "png")
+    r = translate_with(inp, tmp_path / "out", gen, "--format", "png")
     assert r.exit_code == 0, r.output
     # x.png is already a PNG and keeps its name; the JPEGs get .png after theirs.
     assert visible_files(tmp_path / "out") == ["a/x.jpg.png", "b/x.jpg.png", "x.jpg.png", "x.png"]
@@ -190,7 +180,7 @@ def test_never_overwrites_an_input(tmp_path: Path, gen: Path) -> None:
     assert visible_files(tmp_path) == ["G_ab.pt", "in/a.png", "in/b.png"]
     # An output folder inside the input folder is fine, and its images are not inputs later.
     for _ in range(2):
-        r = _translate(inp, inp / "out", gen)
+        r = translate_with(inp, inp / "out", gen)
         assert r.exit_code == 0 and "done 2," in r.output, r.output
     assert visible_files(inp / "out") == ["a.png", "b.png"]
     assert {k: v for k, v in tree_hashes(inp).items() if not k.startswith("out")} == before
@@ -204,7 +194,7 @@ def test_an_output_that_is_the_same_file_as_an_input_is_refused(tmp_path: Path, 
     out.mkdir()
     os.link(inp / "IMG.png", out / "IMG.png")
     before = tree_hashes(inp)
-    r = _translate(inp, out, gen)
+    r = translate_with(inp, out, gen)
     assert r.exit_code != 0 and "would overwrite an input" in r.output, r.output
     assert tree_hashes(inp) == before
 
@@ -222,14 +212,16 @@ def test_resize_options(tmp_path: Path, gen: Path) -> None:
         (["--resize", "32x48", "--keep-resized"], (32, 48)),
     ]
     for i, (extra, size) in enumerate(cases):
-        r = _translate(tmp_path / "in", tmp_path / f"o{i}", gen, *extra)
+        r = translate_with(tmp_path / "in", tmp_path / f"o{i}", gen, *extra)
         assert r.exit_code == 0, r.output
         out = Image.open(tmp_path / f"o{i}" / "p.png")
         assert (out.size, out.mode) == (size, "RGBA")
-    r = _translate(tmp_path / "in", tmp_path / "bad", gen, "--resize", "big")
+    r = translate_with(tmp_path / "in", tmp_path / "bad", gen, "--resize", "big")
     assert r.exit_code != 0 and "--resize 'big' is not WIDTHxHEIGHT" in r.output
     # Both at once: one would be ignored, so neither is guessed.
-    r = _translate(tmp_path / "in", tmp_path / "bad", gen, "--resize", "32x48", "--max-size", "9")
+    r = translate_with(
+        tmp_path / "in", tmp_path / "bad", gen, "--resize", "32x48", "--max-size", "9"
+    )
     assert_user_error(r, "--resize and --max-size cannot be combined")
     assert not (tmp_path / "bad").exists()
 
@@ -238,12 +230,12 @@ def test_output_format_and_quality(tmp_path: Path, gen: Path) -> None:
     rgba = np.dstack([photo(20, 20), np.full((20, 20), 0, np.uint8)])
     (tmp_path / "in").mkdir()
     Image.fromarray(rgba, "RGBA").save(tmp_path / "in" / "clear.png")
-    r = _translate(tmp_path / "in", tmp_path / "j", gen, "--format", "jpg", "--quality", "80")
+    r = translate_with(tmp_path / "in", tmp_path / "j", gen, "--format", "jpg", "--quality", "80")
     assert r.exit_code == 0, r.output
     out = Image.open(tmp_path / "j" / "clear.png.jpg")
     assert out.format == "JPEG" and out.mode == "RGB"
     assert np.asarray(out).min() > 240  # fully transparent: composited on white, as decoding
-    r = _translate(tmp_path / "in", tmp_path / "w", gen, "--format", "webp")
+    r = translate_with(tmp_path / "in", tmp_path / "w", gen, "--format", "webp")
     assert Image.open(tmp_path / "w" / "clear.png.webp").mode == "RGBA"
 
 
@@ -261,7 +253,7 @@ def test_interrupted_run_resumes_with_skip_existing(tmp_path: Path, gen: Path, m
         return real_save(self, fp, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", flaky_save)
-    r = _translate(inp, out, gen, "--num-workers", "1", "--batch-size", "1")
+    r = translate_with(inp, out, gen, "--num-workers", "1", "--batch-size", "1")
     assert r.exit_code == 130
     assert "--skip-existing" in r.output
     monkeypatch.setattr(Image.Image, "save", real_save)
@@ -273,7 +265,7 @@ def test_interrupted_run_resumes_with_skip_existing(tmp_path: Path, gen: Path, m
     for name in written:
         Image.open(out / name).load()  # complete images only
     first = {k: v for k, v in tree_hashes(out).items() if not k.startswith(".")}
-    r = _translate(inp, out, gen, "--skip-existing")
+    r = translate_with(inp, out, gen, "--skip-existing")
     assert r.exit_code == 0, r.output
     assert f"done {5 - len(written)}, skipped {len(written)}, failed 0" in r.output
     assert visible_files(out) == [f"im{i}.png" for i in range(5)]
@@ -312,7 +304,7 @@ def test_killed_process_leaves_only_complete_images(tmp_path: Path, gen: Path) -
     for p in finished:
         Image.open(p).load()  # every visible image is complete
     assert not (tmp_path / "r.jsonl").exists()  # only its temporary file, never half a report
-    r = _translate(inp, out, gen, "--skip-existing", "--report", str(tmp_path / "r.jsonl"))
+    r = translate_with(inp, out, gen, "--skip-existing", "--report", str(tmp_path / "r.jsonl"))
     assert r.exit_code == 0, r.output
     assert f"skipped {len(finished)}," in r.output
     assert len(list(out.glob("*.png"))) == 24
@@ -349,7 +341,7 @@ def test_plan_is_deterministic_and_refuses_a_file_as_output(tmp_path: Path, gen:
     assert [j.dst for j in jobs1] == [j.dst for j in jobs2]
     (tmp_path / "file").write_text("x")
     # A valid checkpoint, so that it is the output folder check that answers.
-    r = _translate(tmp_path / "in", tmp_path / "file", gen)
+    r = translate_with(tmp_path / "in", tmp_path / "file", gen)
     assert_user_error(r, f"Error: -o {tmp_path / 'file'}: exists and is not a folder")
     assert (tmp_path / "file").read_text() == "x"
 

@@ -137,3 +137,10 @@ def serve_models(folder: Path) -> Iterator[tuple[str, list[str]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def translate_with(inp: Path | str, out: Path, gen: Path, *extra: str) -> Result:
+    """``cyclekit translate INP -o OUT --checkpoint GEN --no-progress EXTRA...``."""
+    return cli(
+        "translate", str(inp), "-o", str(out), "--checkpoint", str(gen), "--no-progress", *extra
+    )

@@ -17,22 +17,11 @@ from cyclekit.data.images import ImageDecodeError, decode_image, image_size, lis
 from tests.test_translate_common import (
     assert_user_error,
     cli,
-    make_generator,
     save_photo,
+    translate_with,
     tree_hashes,
     visible_files,
 )
-
-
-@pytest.fixture
-def gen(tmp_path: Path) -> Path:
-    return make_generator(tmp_path / "G_ab.pt")
-
-
-def _translate(inp: Path | str, out: Path, gen: Path, *extra: str):
-    return cli(
-        "translate", str(inp), "-o", str(out), "--checkpoint", str(gen), "--no-progress", *extra
-    )
 
 
 def _list_with_timeout(root: Path, seconds: float = 10.0) -> list[Path]:
@@ -73,7 +62,7 @@ def test_translate_survives_a_symlink_loop(tmp_path: Path, gen: Path) -> None:
     inp = tmp_path / "in"
     save_photo(inp / "a.png", 16, 16)
     (inp / "self").symlink_to(inp, target_is_directory=True)
-    r = _translate(inp, tmp_path / "out", gen)
+    r = translate_with(inp, tmp_path / "out", gen)
     assert r.exit_code == 0 and "done 1, skipped 0, failed 0" in r.output, r.output
 
 
@@ -102,7 +91,7 @@ def test_images_over_the_limit_are_one_line_errors(tmp_path: Path, gen: Path) ->
             f"{huge}: image too large (30000x20000 px, 600 megapixels; the limit is 89 megapixels)"
         )
     # Translate allows more (400 megapixels), not this.
-    r = _translate(tmp_path / "in", tmp_path / "out", gen)
+    r = translate_with(tmp_path / "in", tmp_path / "out", gen)
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert errors == [
@@ -121,7 +110,7 @@ def test_translate_takes_images_over_pillows_limit(
     save_photo(tmp_path / "in" / "scan.png", 64, 48)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not even Pillow's DecompressionBombWarning
-        r = _translate(tmp_path / "in", tmp_path / "out", gen)
+        r = translate_with(tmp_path / "in", tmp_path / "out", gen)
     assert r.exit_code == 0, r.output
     assert Image.MAX_IMAGE_PIXELS == 1000  # Pillow's setting is left as it was
     monkeypatch.undo()
@@ -155,7 +144,7 @@ def test_damaged_exif_is_one_clean_warning_line(tmp_path: Path, gen: Path) -> No
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         decoded = decode_image(bad)
-        r = _translate(tmp_path / "in", tmp_path / "out", gen)
+        r = translate_with(tmp_path / "in", tmp_path / "out", gen)
     assert decoded.warnings and decoded.exif is None
     assert not [w for w in caught if issubclass(w.category, UserWarning)], caught
     assert r.exit_code == 0, r.output
@@ -171,7 +160,7 @@ def test_truncated_jpeg_is_one_error_line(tmp_path: Path, gen: Path) -> None:
         (tmp_path / "in" / f"cut{cut}.jpg").write_bytes(data[:cut])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        r = _translate(tmp_path / "in", tmp_path / "out", gen)
+        r = translate_with(tmp_path / "in", tmp_path / "out", gen)
     assert not [w for w in caught if issubclass(w.category, UserWarning)], caught
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
@@ -181,10 +170,10 @@ def test_truncated_jpeg_is_one_error_line(tmp_path: Path, gen: Path) -> None:
 def test_no_input_image_is_an_error(tmp_path: Path, gen: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
-    r = _translate(tmp_path / "empty", tmp_path / "out", gen)
+    r = translate_with(tmp_path / "empty", tmp_path / "out", gen)
     assert_user_error(r, "no input image found", f"{tmp_path / 'empty'}: holds no image files")
     assert not (tmp_path / "out").exists()
-    r = _translate(tmp_path / "*.png", tmp_path / "out", gen)
+    r = translate_with(tmp_path / "*.png", tmp_path / "out", gen)
     assert_user_error(r, "no input image found", "matches no image files")
 
 
@@ -192,7 +181,7 @@ def test_a_checkpoint_that_is_an_image_never_suggests_unsafe_loading(tmp_path: P
     save_photo(tmp_path / "in" / "a.png", 16, 16)
     ckpt = save_photo(tmp_path / "a.jpg", 16, 16)
     before = tree_hashes(tmp_path)
-    r = _translate(tmp_path / "in", tmp_path / "out", ckpt)
+    r = translate_with(tmp_path / "in", tmp_path / "out", ckpt)
     line = assert_user_error(r, f"{ckpt}:")
     assert "weights_only" not in r.output and "checkpoint" in line
     assert tree_hashes(tmp_path) == before

@@ -18,20 +18,10 @@ from tests.test_translate_common import (
     cli,
     make_generator,
     save_photo,
+    translate_with,
     tree_hashes,
     visible_files,
 )
-
-
-@pytest.fixture
-def gen(tmp_path: Path) -> Path:
-    return make_generator(tmp_path / "G_ab.pt")
-
-
-def _translate(inp: Path | str, out: Path, gen: Path, *extra: str):
-    return cli(
-        "translate", str(inp), "-o", str(out), "--checkpoint", str(gen), "--no-progress", *extra
-    )
 
 
 def test_naming_rule() -> None:
@@ -71,12 +61,14 @@ def test_skip_existing_pairs_each_input_with_its_own_output(tmp_path: Path, gen:
     # The robustness report's case: x.png translated to WebP, then x.jpg added.
     inp, out = tmp_path / "in", tmp_path / "out"
     save_photo(inp / "x.png", 16, 12)
-    r = _translate(inp, out, gen, "--format", "webp")
+    r = translate_with(inp, out, gen, "--format", "webp")
     assert r.exit_code == 0, r.output
     before = tree_hashes(out)
     save_photo(inp / "x.jpg", 12, 16, seed=3)
     report = tmp_path / "r.jsonl"
-    r = _translate(inp, out, gen, "--format", "webp", "--skip-existing", "--report", str(report))
+    r = translate_with(
+        inp, out, gen, "--format", "webp", "--skip-existing", "--report", str(report)
+    )
     assert r.exit_code == 0, r.output
     entries = {Path(e["input"]).name: e for e in map(json.loads, report.read_text().splitlines())}
     assert entries["x.png"]["status"] == "skipped"
@@ -132,7 +124,7 @@ def test_existing_files_in_the_output_folder_are_never_replaced(tmp_path: Path, 
     save_photo(inp / "b.png", 16, 16, seed=1)
     save_photo(out / "a.png", 10, 10, seed=9)  # the user's own picture, same name as an output
     theirs = (out / "a.png").read_bytes()
-    r = _translate(inp, out, gen)
+    r = translate_with(inp, out, gen)
     assert r.exit_code == 1
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert errors == [
@@ -142,11 +134,11 @@ def test_existing_files_in_the_output_folder_are_never_replaced(tmp_path: Path, 
     assert (out / "a.png").read_bytes() == theirs
     # Its own outputs are replaced by a rerun (e.g. with another model).
     first = (out / "b.png").read_bytes()
-    r = _translate(inp / "b.png", out, make_generator(tmp_path / "other.pt", seed=5))
+    r = translate_with(inp / "b.png", out, make_generator(tmp_path / "other.pt", seed=5))
     assert r.exit_code == 0, r.output
     assert (out / "b.png").read_bytes() != first
     # And --skip-existing does not count the user's file as a finished output either.
-    r = _translate(inp, out, gen, "--skip-existing")
+    r = translate_with(inp, out, gen, "--skip-existing")
     assert r.exit_code == 1 and "skipped 1, failed 1" in r.output
     assert (out / "a.png").read_bytes() == theirs
 
@@ -180,12 +172,12 @@ def test_report_may_replace_an_earlier_report_but_not_an_input(tmp_path: Path, g
     save_photo(tmp_path / "in" / "a.png", 16, 16)
     report = tmp_path / "r.jsonl"
     for _ in range(2):
-        r = _translate(tmp_path / "in", tmp_path / "out", gen, "--report", str(report))
+        r = translate_with(tmp_path / "in", tmp_path / "out", gen, "--report", str(report))
         assert r.exit_code == 0, r.output
         assert len(report.read_text().splitlines()) == 1
     # The checkpoint is an input too.
     ckpt = make_generator(tmp_path / "G.jsonl")
-    r = _translate(tmp_path / "in", tmp_path / "o2", ckpt, "--report", str(ckpt))
+    r = translate_with(tmp_path / "in", tmp_path / "o2", ckpt, "--report", str(ckpt))
     assert_user_error(r, f"--report {ckpt}: is also an input")
 
 
@@ -194,23 +186,23 @@ def test_gallery_never_replaces_a_page_it_did_not_write(tmp_path: Path, gen: Pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "index.html").write_text("<html>my site</html>")
-    r = _translate(tmp_path / "in", out, gen, "--gallery")
+    r = translate_with(tmp_path / "in", out, gen, "--gallery")
     assert_user_error(r, f"--gallery {out / 'index.html'}: already exists")
     assert (out / "index.html").read_text() == "<html>my site</html>"
     assert visible_files(out) == ["index.html"]  # refused before anything was written
     (out / "index.html").unlink()
     for _ in range(2):  # its own page is replaced
-        r = _translate(tmp_path / "in", out, gen, "--gallery")
+        r = translate_with(tmp_path / "in", out, gen, "--gallery")
         assert r.exit_code == 0, r.output
 
 
 def test_output_folder_named_like_a_file_is_refused(tmp_path: Path, gen: Path) -> None:
     save_photo(tmp_path / "in" / "a.png", 16, 16)
-    r = _translate(tmp_path / "in", tmp_path / "result.png", gen)
+    r = translate_with(tmp_path / "in", tmp_path / "result.png", gen)
     assert_user_error(r, f"-o {tmp_path / 'result.png'}: translate writes a folder")
     assert not (tmp_path / "result.png").exists()
     (tmp_path / "made.png").mkdir()  # a folder the user really named so is fine
-    assert _translate(tmp_path / "in", tmp_path / "made.png", gen).exit_code == 0
+    assert translate_with(tmp_path / "in", tmp_path / "made.png", gen).exit_code == 0
 
 
 def test_report_seconds_are_work_not_queue_wait(
@@ -229,7 +221,7 @@ def test_report_seconds_are_work_not_queue_wait(
     monkeypatch.setattr(image_io, "write_image", slow_write)
     report = tmp_path / "r.jsonl"
     started = time.perf_counter()
-    r = _translate(
+    r = translate_with(
         tmp_path / "in", tmp_path / "out", gen, "--num-workers", "1", "--report", str(report)
     )
     total = time.perf_counter() - started
@@ -245,7 +237,9 @@ def test_case_of_format_and_direction_does_not_matter(tmp_path: Path) -> None:
 
     ckpt = make_train_checkpoint(tmp_path / "last.pt")
     save_photo(tmp_path / "in" / "a.png", 16, 16)
-    r = _translate(tmp_path / "in", tmp_path / "out", ckpt, "--format", "JPG", "--direction", "A2B")
+    r = translate_with(
+        tmp_path / "in", tmp_path / "out", ckpt, "--format", "JPG", "--direction", "A2B"
+    )
     assert r.exit_code == 0, r.output
     out = Image.open(tmp_path / "out" / "a.png.jpg")
     assert out.format == "JPEG" and np.asarray(out).shape == (16, 16, 3)

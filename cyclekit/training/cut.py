@@ -22,7 +22,7 @@ from torch import nn
 from cyclekit.models import build_discriminator, generator_from_spec, generator_spec, init_weights
 from cyclekit.models.patch_sample import PatchSampleMLP
 from cyclekit.training.config import ConfigError, TrainConfig
-from cyclekit.training.cyclegan import set_requires_grad
+from cyclekit.training.cyclegan import make_adam, set_requires_grad
 from cyclekit.training.distributed import unwrap
 from cyclekit.training.losses import discriminator_adv_loss, generator_adv_loss
 from cyclekit.training.patchnce import mean_patch_nce
@@ -126,7 +126,7 @@ class CUT:
 
     def _make_head_optimizer(self) -> None:
         cfg = self.cfg
-        self.opt_F = _adam(self.F.parameters(), cfg, self._device())
+        self.opt_F = make_adam(cfg, self._device(), self.F.parameters())
 
     def ensure_head(self) -> None:
         """The head's layers are made at the first step, and its optimiser after them, as the
@@ -138,14 +138,6 @@ class CUT:
             return
         self.F.build(unwrap(self.G_ab).feature_channels(self.nce_layers), self._device())
         self._make_head_optimizer()
-
-
-def _adam(params: Any, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type == "cuda"  # one kernel for all tensors on CUDA
-    return torch.optim.Adam(
-        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused,
-        foreach=None if fused else True,
-    )  # fmt: skip
 
 
 def build_cut(cfg: TrainConfig, device: torch.device, rank: int = 0) -> CUT:
@@ -172,8 +164,8 @@ def build_cut(cfg: TrainConfig, device: torch.device, rank: int = 0) -> CUT:
         G_ab=G_ab,
         D_b=D_b,
         F=head,
-        opt_G=_adam(G_ab.parameters(), cfg, device),
-        opt_D=_adam(D_b.parameters(), cfg, device),
+        opt_G=make_adam(cfg, device, G_ab.parameters()),
+        opt_D=make_adam(cfg, device, D_b.parameters()),
         opt_F=None,
         sampler=torch.Generator().manual_seed(cfg.seed + 5 + 100 * rank),
         cfg=cfg,

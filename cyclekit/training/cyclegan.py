@@ -109,6 +109,16 @@ class CycleGAN:
         set_rng_state(state["rng"])
 
 
+def make_adam(cfg: TrainConfig, device: torch.device, params: Any) -> torch.optim.Optimizer:
+    """Adam with the run's lr and betas: fused on CUDA (one kernel for all tensors),
+    multi-tensor "foreach" elsewhere. Every model's optimisers come from here."""
+    fused = device.type == "cuda"
+    return torch.optim.Adam(
+        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused,
+        foreach=None if fused else True,
+    )  # fmt: skip
+
+
 def build_cyclegan(cfg: TrainConfig, device: torch.device, rank: int = 0) -> CycleGAN:
     """Four freshly initialised networks and their optimisers, all from ``cfg.seed``.
 
@@ -123,19 +133,15 @@ def build_cyclegan(cfg: TrainConfig, device: torch.device, rank: int = 0) -> Cyc
     for name in ("G_ab", "G_ba", "D_a", "D_b"):  # fixed order: init draws from one stream
         init_weights(nets[name], cfg.init_type, cfg.init_gain, generator=init_gen)
         nets[name].to(device).train()
-    betas = (cfg.beta1, cfg.beta2)
-    # Fused Adam on CUDA (one kernel for all tensors); multi-tensor "foreach" elsewhere.
-    fused = device.type == "cuda"
-    adam: Callable[..., torch.optim.Optimizer] = lambda params: torch.optim.Adam(
-        params, lr=cfg.lr, betas=betas, fused=fused, foreach=None if fused else True
-    )
+    g_params = itertools.chain(nets["G_ab"].parameters(), nets["G_ba"].parameters())
+    d_params = itertools.chain(nets["D_a"].parameters(), nets["D_b"].parameters())
     return CycleGAN(
         G_ab=nets["G_ab"],
         G_ba=nets["G_ba"],
         D_a=nets["D_a"],
         D_b=nets["D_b"],
-        opt_G=adam(itertools.chain(nets["G_ab"].parameters(), nets["G_ba"].parameters())),
-        opt_D=adam(itertools.chain(nets["D_a"].parameters(), nets["D_b"].parameters())),
+        opt_G=make_adam(cfg, device, g_params),
+        opt_D=make_adam(cfg, device, d_params),
         pool_a=ImagePool(cfg.pool_size, seed=cfg.seed + 1 + 100 * rank),
         pool_b=ImagePool(cfg.pool_size, seed=cfg.seed + 2 + 100 * rank),
         gp_generator=torch.Generator().manual_seed(cfg.seed + 3 + 100 * rank),
