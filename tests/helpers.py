@@ -93,3 +93,85 @@ def chromium_dom(page: Path, profile: Path) -> str:
         page.as_uri(),
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
+def find_chromium() -> str | None:
+    """The path of a Chromium (or Chrome) executable, or None."""
+    import shutil
+
+    names = ("chromium", "chromium-browser", "google-chrome")
+    return next((p for n in names if (p := shutil.which(n))), None)
+
+
+def chromium_page_dom(page: Path, profile: Path, window: str = "1280,900") -> tuple[str, float]:
+    """(DOM after load, seconds of the whole Chromium call) for ``page`` in headless Chromium
+    with a ``window`` ("width,height") viewport, which decides what a lazy page loads.
+
+    Under pytest a missing Chromium skips the test (fails it with CYCLEKIT_REQUIRE_SHARED=1);
+    elsewhere (a benchmark script) it raises RuntimeError: check :func:`find_chromium` first.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+
+    browser = find_chromium()
+    if browser is None:
+        msg = "chromium not installed (Debian: apt-get install chromium)"
+        if "pytest" not in sys.modules:
+            raise RuntimeError(msg)
+        import pytest
+
+        if os.environ.get("CYCLEKIT_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + " (CYCLEKIT_REQUIRE_SHARED=1)")
+        pytest.skip(msg)
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={window}",
+        # Virtual time runs until the page is idle (its images and scripts loaded), 10 s at most.
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        Path(page).absolute().as_uri(),
+    ]
+    started = time.perf_counter()
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    return dom, time.perf_counter() - started
+
+
+def body_data(dom: str) -> dict[str, Any]:
+    """The ``data-*`` attributes of the <body> in ``dom``: ``data-thumbs-loaded="6"`` as
+    ``{"thumbs_loaded": 6}`` (numbers as int or float, anything else as text)."""
+    import html
+    import re
+
+    tag = re.search(r"<body\b([^>]*)>", dom)
+    if tag is None:
+        raise AssertionError(f"no <body> in the DOM: {dom[:300]!r}")
+    found: dict[str, Any] = {}
+    for name, raw in re.findall(r'\sdata-([\w-]+)="([^"]*)"', tag.group(1)):
+        value: Any = html.unescape(raw)
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                pass
+        found[name.replace("-", "_")] = value
+    return found
+
+
+def chromium_page_stats(page: Path, profile: Path, window: str = "1280,900") -> dict[str, Any]:
+    """What the gallery page counted on its <body> after loading in headless Chromium
+    (:func:`body_data`: ``entries``, ``figures``, ``thumbs_requested``, ``thumbs_loaded``,
+    ``thumbs_failed``, ``first_screen_ms``) plus ``wall_s``, the Chromium call's seconds
+    (start-up included). For tests and scripts/bench_scale.py."""
+    dom, wall = chromium_page_dom(page, profile, window)
+    return {**body_data(dom), "wall_s": wall}
