@@ -35,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "datasets",
         "List, download or synthesise unpaired datasets.",
     ),
+    "eval": (
+        "cyclekit.cli.eval",
+        "eval_command",
+        "Score a model: FID, KID and structure of its translations, beside doing nothing.",
+    ),
     "demo": (
         "cyclekit.cli.demo",
         "demo",
