@@ -15,8 +15,9 @@ import pytest
 from PIL import Image, ImageCms
 
 from cyclekit.generator_io import load_generator
-from cyclekit.translate.engine import TranslateOptions, plan_jobs, translate_paths
+from cyclekit.translate.engine import RECORD_NAME, TranslateOptions, translate_paths
 from cyclekit.translate.image_io import PARTIAL_SUFFIX
+from cyclekit.translate.plan import plan_jobs
 from tests.test_translate_common import (
     assert_user_error,
     cli,
@@ -195,8 +196,19 @@ def test_an_output_that_is_the_same_file_as_an_input_is_refused(tmp_path: Path, 
     os.link(inp / "IMG.png", out / "IMG.png")
     before = tree_hashes(inp)
     r = translate_with(inp, out, gen)
-    assert r.exit_code != 0 and "would overwrite an input" in r.output, r.output
+    assert r.exit_code != 0 and "was not written by cyclekit translate" in r.output, r.output
+    assert str(out / "IMG.png") in r.output
     assert tree_hashes(inp) == before
+    # Even a link that an earlier run is recorded as having written: outputs are written to a
+    # temporary name and renamed, which replaces the name in the output folder, never the
+    # file the input's name points to.
+    (out / RECORD_NAME).write_text("IMG.png\n")
+    r = translate_with(inp, out, gen)
+    assert r.exit_code == 0, r.output
+    assert (
+        tree_hashes(inp) == before
+        and (out / "IMG.png").stat().st_ino != (inp / "IMG.png").stat().st_ino
+    )
 
 
 def test_resize_options(tmp_path: Path, gen: Path) -> None:

@@ -4,6 +4,7 @@ that is not its own output (report, gallery page, images already in the output f
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cyclekit.translate.engine as engine
-from cyclekit.translate.engine import output_name, plan_jobs
+import cyclekit.translate.plan as plan
+from cyclekit.translate.plan import output_name, plan_jobs
 from tests.test_translate_common import (
     assert_user_error,
     cli,
@@ -81,24 +82,76 @@ def test_skip_existing_pairs_each_input_with_its_own_output(tmp_path: Path, gen:
     assert Image.open(out / "x.jpg.webp").size == (12, 16)
 
 
-def test_two_inputs_with_one_output_name_are_both_reported(tmp_path: Path, gen: Path) -> None:
+def test_two_inputs_with_one_output_name_the_first_keeps_it(tmp_path: Path, gen: Path) -> None:
     for folder in ("d1", "d2"):
-        save_photo(tmp_path / folder / "same.png", 8, 8)
+        save_photo(tmp_path / folder / "same.png", 8, 8, seed=len(folder))
     save_photo(tmp_path / "d2" / "other.png", 8, 8)
-    r = cli(
-        "translate",
-        str(tmp_path / "d1"),
-        str(tmp_path / "d2"),
-        "-o",
-        str(tmp_path / "out"),
-        "--checkpoint",
-        str(gen),
-        "--no-progress",
-    )
+    out = tmp_path / "out"
+    args = [str(tmp_path / "d1"), str(tmp_path / "d2"), "-o", str(out), "--checkpoint", str(gen)]
+    r = cli("translate", *args, "--no-progress")
     assert r.exit_code == 1
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2 and all("would also be the output of" in e for e in errors)
-    assert visible_files(tmp_path / "out") == ["other.png"]  # nothing renamed, nothing lost
+    assert errors == [
+        f"error: {tmp_path / 'd2' / 'same.png'}: its output {out / 'same.png'} is also the "
+        "output of an input earlier in this run (the first keeps it); translate them in "
+        "separate runs (or rename one)"
+    ]
+    assert visible_files(out) == ["other.png", "same.png"]  # nothing renamed, nothing lost
+    first = (out / "same.png").read_bytes()
+    # A rerun pairs the same input with the same output, whatever --skip-existing finds.
+    r = cli("translate", *args, "--no-progress", "--skip-existing")
+    assert r.exit_code == 1 and "skipped 2, failed 1" in r.output, r.output
+    r = cli("translate", *args, "--no-progress")
+    assert (out / "same.png").read_bytes() == first
+
+
+def test_names_do_not_depend_on_the_neighbours(tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    for name in ("a.jpg", "b.png", "sub/c.webp", "sub/deeper/d.tif"):
+        (inp / name).parent.mkdir(parents=True, exist_ok=True)
+        (inp / name).touch()
+
+    def names(fmt: str | None) -> dict[str, str]:
+        jobs, _ = plan_jobs([str(inp)], tmp_path / "out", fmt)
+        return {j.src.relative_to(inp).as_posix(): j.dst.name for j in jobs}
+
+    for fmt in (None, "webp", "jpg"):
+        before = names(fmt)
+        # Neighbours that would compete for a name under a "first free name" rule.
+        for name in ("a.png", "a.jpg.webp", "b.jpg", "sub/c.png", "sub/c.webp.jpg", "0.jpg"):
+            (inp / name).touch()
+        after = names(fmt)
+        assert {k: after[k] for k in before} == before, fmt
+        for name in ("a.jpg", "sub/deeper/d.tif"):
+            (inp / name).unlink()
+        fewer = names(fmt)
+        assert {k: v for k, v in before.items() if k in fewer} == {
+            k: fewer[k] for k in before if k in fewer
+        }
+        for name in ("a.png", "a.jpg.webp", "b.jpg", "sub/c.png", "sub/c.webp.jpg", "0.jpg"):
+            (inp / name).unlink()
+        for name in ("a.jpg", "sub/deeper/d.tif"):
+            (inp / name).touch()
+
+
+def test_translation_starts_before_the_listing_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inp = tmp_path / "in"
+    for d in range(40):
+        for i in range(5):
+            (inp / f"{d:03d}" / f"{i}.jpg").parent.mkdir(parents=True, exist_ok=True)
+            (inp / f"{d:03d}" / f"{i}.jpg").touch()
+    scanned = []
+    real = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda p: scanned.append(p) or real(p))
+    plan.check_output_dir([str(inp)], tmp_path / "out")
+    stream = plan.iter_plan([str(inp)], tmp_path / "out")
+    first = next(stream)
+    assert first.src == inp / "000" / "0.jpg"
+    assert len(scanned) <= 2  # the root and the first subfolder, not all 41 folders
+    rest = list(stream)
+    assert len(rest) == 199 and len(scanned) == 41
 
 
 def test_planning_is_linear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,8 +162,8 @@ def test_planning_is_linear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         (inp / f"img{i % 50}.{'png' if i < 1000 else 'jpg'}").touch()
         (inp / f"p{i}.png").touch()
     calls = []
-    real = engine.output_name
-    monkeypatch.setattr(engine, "output_name", lambda *a: calls.append(a) or real(*a))
+    real = plan.output_name
+    monkeypatch.setattr(plan, "output_name", lambda *a: calls.append(a) or real(*a))
     started = time.perf_counter()
     jobs, problems = plan_jobs([str(inp)], tmp_path / "out", "webp")
     seconds = time.perf_counter() - started
@@ -261,3 +314,23 @@ def test_a_result_too_large_for_the_format_fails_before_the_model_runs(
         "16383 px a side); use --format png"
     ]
     assert visible_files(tmp_path / "out") == ["ok.png.webp"]
+
+
+def test_a_rerun_with_nothing_to_do_decodes_nothing(
+    tmp_path: Path, gen: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cyclekit.translate.engine as engine
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    for i in range(5):
+        save_photo(inp / f"{i}.png", 8, 8, seed=i)
+    assert translate_with(inp, out, gen).exit_code == 0
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("an input was decoded on a rerun with nothing to do")
+
+    monkeypatch.setattr(engine, "prepare", no_decoding)
+    r = translate_with(inp, out, gen, "--skip-existing")
+    assert r.exit_code == 0, r.output
+    assert "done 0, skipped 5, failed 0" in r.output
+    assert "skipped: outputs exist (checked in " in r.output

@@ -17,7 +17,7 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,37 +48,63 @@ def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
 def list_images(root: str | os.PathLike) -> list[Path]:
     """All image files below ``root`` (recursive, any letter case), sorted for determinism.
 
-    Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are skipped. Symbolic links
-    are followed, but each real folder is entered once and each real file listed once (by the
-    first path that reaches it in a top-down walk with sorted names), so a link loop neither
-    hangs the search nor lists one image many times.
+    The files of :func:`iter_images`, sorted by path.
+    """
+    return sorted(iter_images(root))
+
+
+def iter_images(root: str | os.PathLike, skip: Collection[tuple[int, int]] = ()) -> Iterator[Path]:
+    """Image files below ``root``, yielded as the folders are read (a huge tree streams).
+
+    Order: a folder's files (sorted by name), then its subfolders (sorted), depth first; the
+    same on every run. Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are
+    skipped. Symbolic links are followed, but each real folder is entered once and each real
+    file listed once (by the first path that reaches it in that order), so a link loop neither
+    hangs the search nor lists one image many times. Memory is flat in the number of files:
+    one int a file is remembered (its identity) and nothing is decoded.
+    Folders whose (st_dev, st_ino) is in ``skip`` are not entered (translate's output folder).
     """
     root = Path(root)
     if not root.is_dir():
         raise ImageDecodeError(f"{root}: not a folder")
-    found = []
-    seen_dirs = {_identity(root)}
-    seen_files: set[tuple[int, int] | None] = set()
-    # Top-down with sorted subfolders: the walk order, and so which path of a linked folder
-    # or file is kept, is the same on every run.
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        keep = []
-        for d in sorted(dirnames):
-            ident = _identity(os.path.join(dirpath, d))
-            if d.startswith(".") or ident is None or ident in seen_dirs:
+    seen_dirs = {_identity(root), *skip}
+    seen_files: set[int] = set()
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=_by_name)
+        except OSError:  # unreadable or removed meanwhile: as os.walk, skip it
+            continue
+        subfolders = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
                 continue
-            seen_dirs.add(ident)
-            keep.append(d)
-        dirnames[:] = keep
-        for name in sorted(filenames):
-            if name.startswith(".") or not is_image_file(name):
+            if is_dir:
+                ident = _identity(entry.path)
+                if ident is not None and ident not in seen_dirs:
+                    seen_dirs.add(ident)
+                    subfolders.append(entry.path)
                 continue
-            ident = _identity(os.path.join(dirpath, name))
-            if ident is not None and ident in seen_files:
+            if not is_image_file(entry.name):
                 continue
-            seen_files.add(ident)
-            found.append(Path(dirpath) / name)
-    return sorted(found)
+            try:
+                st = entry.stat()  # follows a link: the file it points to
+            except OSError:  # a dangling link, or a file removed meanwhile
+                continue
+            key = (st.st_dev << 64) | st.st_ino  # one int: ~60 bytes a file in the set
+            if key in seen_files:
+                continue
+            seen_files.add(key)
+            yield Path(entry.path)
+        stack.extend(reversed(subfolders))
+
+
+def _by_name(entry: os.DirEntry) -> str:
+    return entry.name
 
 
 @dataclass

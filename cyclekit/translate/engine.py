@@ -8,7 +8,7 @@ while the model works; images of the same size are batched.
 Nothing a user owns is written over: the run is refused, before anything is written, when the
 output folder holds an input or a ``--report``/``--gallery`` file is not an earlier one of its
 kind; an image already in the output folder is replaced only if an earlier run wrote it (listed
-in :data:`RECORD_NAME`). Which output an input gets is :func:`output_name`.
+in :data:`RECORD_NAME`). Which output an input gets: :mod:`cyclekit.translate.plan`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ import collections
 import contextlib
 import dataclasses
 import glob
+import itertools
 import json
 import os
+import stat
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +34,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cyclekit.data.images import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file, list_images
+from cyclekit.data.images import ImageDecodeError
 from cyclekit.errors import CyclekitError
 from cyclekit.translate.image_io import (
-    FORMATS,
     MIN_SIDE,
     PARTIAL_SUFFIX,
     Job,
@@ -41,6 +44,7 @@ from cyclekit.translate.image_io import (
     finish,
     prepare,
 )
+from cyclekit.translate.plan import Problem, check_output_dir, iter_plan
 
 
 class TranslateError(CyclekitError):
@@ -113,164 +117,14 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-# -- planning: which file goes where ------------------------------------------------------------
-
-
-def _glob_base(pattern: str) -> Path:
-    # The folder part before the first wildcard: matches below it keep their subfolders.
-    parts = []
-    for part in Path(pattern).parts:
-        if glob.has_magic(part):
-            break
-        parts.append(part)
-    return Path(*parts) if parts else Path(".")
-
-
-def _real(path: Path) -> str:
-    return os.path.normcase(os.path.realpath(path))
-
-
-def _file_id(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-_NO_IMAGES = f"holds no image files ({', '.join(IMAGE_EXTENSIONS)}; searched recursively)"
-
-
-def _expand(arg: str, out_real: str) -> tuple[list[tuple[Path, Path]], str | None]:
-    """(source, path relative to the output folder) pairs for one INPUT argument, or a reason."""
-    path = Path(arg)
-    if path.is_dir():
-        sources = [(f, path, f.relative_to(path)) for f in list_images(path)]
-        empty = _NO_IMAGES
-    elif path.is_file():
-        return [(path, Path(path.name))], None
-    elif glob.has_magic(arg):
-        base, sources = _glob_base(arg), []
-        for m in sorted(glob.glob(arg, recursive=True)):
-            m = Path(m)
-            if m.is_dir():
-                sources += [(f, base, f.relative_to(base)) for f in list_images(m)]
-            elif m.is_file() and is_image_file(m):
-                sources.append((m, base, m.relative_to(base)))
-        empty = "matches no image files"
-    else:
-        return [], "no such file or folder"
-    if not sources:
-        return [], empty
-
-    # An output folder *inside* an input folder must not feed earlier outputs back in. (An
-    # output folder that is, or holds, an input folder is refused later.)
-    def earlier_output(src: Path, root: Path) -> bool:
-        root_real = _real(root)
-        return (
-            out_real != root_real and _inside(out_real, root_real) and _inside(_real(src), out_real)
-        )
-
-    keep = [(s, r) for s, root, r in sources if not earlier_output(s, root)]
-    return keep, None if keep else "holds only this run's outputs"
-
-
-def output_name(rel: Path, fmt: str | None) -> Path:
-    """Where the input at ``rel`` (its path below its INPUT folder) goes, below the output folder.
-
-    The rule looks at the input alone, never at which other files exist or in which order
-    they are listed, so every run (and ``--skip-existing``) pairs an input with the same output:
-
-    - without ``--format``: the same relative path (``trip/IMG_1.jpg`` -> ``trip/IMG_1.jpg``);
-    - with ``--format F``: an input already in F's format keeps its name (``x.jpeg`` with
-      ``jpg``); any other gets ``.F`` after its full name (``x.png`` -> ``x.png.webp``), so
-      ``x.jpg`` and ``x.png`` never compete for one ``x.webp``.
-    """
-    src_format = FORMATS.get(rel.suffix.lower().lstrip("."))
-    if fmt is None:
-        return rel if src_format is not None else rel.with_name(f"{rel.name}.png")
-    return rel if src_format == FORMATS[fmt] else rel.with_name(f"{rel.name}.{fmt}")
-
-
-def _looks_like_a_file_name(path: Path) -> bool:
-    return not path.exists() and path.suffix.lower().lstrip(".") in FORMATS
-
-
-def plan_jobs(
-    inputs: Sequence[str], output_dir: Path, fmt: str | None = None
-) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Map INPUT arguments (files, folders, globs) to output paths (see :func:`output_name`).
-
-    Returns (jobs, problems): problems are (argument or input, reason) for arguments that found
-    nothing and for inputs that cannot get an output of their own (two inputs arriving at one
-    output name: both are reported, neither renamed). Linear in the number of inputs.
-    Raises :class:`TranslateError` for an output folder that cannot be used: a file, a name
-    that looks like an image file, or a folder that holds inputs.
-    """
-    output_dir = Path(output_dir)
-    flag = f"-o {output_dir}"
-    if output_dir.exists() and not output_dir.is_dir():
-        raise TranslateError(f"{flag}: exists and is not a folder; translate writes a folder")
-    if _looks_like_a_file_name(output_dir):
-        raise TranslateError(
-            f"{flag}: translate writes a folder of results, and this looks like a file name; "
-            f"give a folder, e.g. -o {output_dir.with_suffix('')}/"
-        )
-    out_real, out_abs = _real(output_dir), os.path.normcase(os.path.abspath(output_dir))
-    jobs: list[Job] = []
-    problems: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    by_name: dict[str, list[Job]] = {}
-    for arg in inputs:
-        pairs, reason = _expand(str(arg), out_real)
-        if reason:
-            problems.append((str(arg), reason))
-        for src, rel in pairs:
-            real = _real(src)
-            if real in seen:  # the same file reached twice (e.g. a folder and a glob)
-                continue
-            seen.add(real)
-            if _inside(real, out_real) or _inside(os.path.normcase(os.path.abspath(src)), out_abs):
-                raise TranslateError(
-                    f"{flag}: the output folder holds the input {src}; choose a folder outside "
-                    "the inputs (a new subfolder of the inputs' folder is fine)"
-                )
-            job = Job(src, output_dir / output_name(rel, fmt))
-            jobs.append(job)
-            # Letter case folded: the results may live on (or be copied to) a disk where
-            # x.png and X.png are one file.
-            by_name.setdefault(str(job.dst).casefold(), []).append(job)
-    clashes = {id(j): group for group in by_name.values() if len(group) > 1 for j in group}
-    for job in jobs:
-        if id(job) in clashes:
-            others = ", ".join(str(j.src) for j in clashes[id(job)] if j is not job)
-            problems.append(
-                (
-                    str(job.src),
-                    f"its output {job.dst} would also be the output of {others}; "
-                    "translate them in separate runs (or rename one)",
-                )
-            )
-    jobs = [j for j in jobs if id(j) not in clashes]
-    inputs_by_id = {_file_id(job.src) for job in jobs}
-    for job in jobs:
-        # Names alone miss case-insensitive file systems (macOS, Windows): IMG_1.jpg written
-        # beside IMG_1.JPG is the same file there. An existing target is checked by identity.
-        if job.dst.exists() and _file_id(job.dst) in inputs_by_id:
-            raise TranslateError(
-                f"{flag}: writing {job.dst} would overwrite an input image; "
-                "choose an output folder that holds no inputs"
-            )
-    return jobs, problems
-
-
-def _read_record(output_dir: Path) -> set[str]:
+def _read_record(output_dir: Path) -> set[int]:
+    """Hashes of the outputs earlier runs wrote (8 bytes each instead of a path string; the odds
+    that a user's file shares one with 10^5 outputs are ~1e-14)."""
     try:
-        text = (output_dir / RECORD_NAME).read_text(encoding="utf-8", errors="replace")
+        with open(output_dir / RECORD_NAME, encoding="utf-8", errors="replace") as f:
+            return {hash(line.rstrip("\n")) for line in f if line.strip()}
     except OSError:  # no earlier run (or unreadable: then nothing counts as ours)
         return set()
-    return {line for line in text.splitlines() if line}
 
 
 def _is_report(path: Path) -> bool:
@@ -290,14 +144,18 @@ def _is_report(path: Path) -> bool:
 
 
 def check_run_outputs(
-    jobs: Sequence[Job], opts: TranslateOptions, checkpoint: str | os.PathLike | None = None
+    inputs: Sequence[str], opts: TranslateOptions, checkpoint: str | os.PathLike | None = None
 ) -> None:
     """Refuse, before anything is written, a ``--report`` or ``--gallery`` page that would
-    replace an input, the checkpoint, or a file that is not an earlier report or gallery."""
+    replace an input, the checkpoint, or a file that is not an earlier report or gallery.
+
+    Only INPUT arguments that are files are compared: an input found in a folder is an
+    image, and neither a report nor a page can have an image's name (suffixes checked)."""
     from cyclekit.files import OverwriteError, refuse_overwrite
     from cyclekit.translate.gallery import is_gallery_page
 
-    inputs = [job.src for job in jobs] + ([checkpoint] if checkpoint is not None else [])
+    inputs = [a for a in inputs if os.path.isfile(a)]
+    inputs += [checkpoint] if checkpoint is not None else []
     try:
         if opts.report_path is not None:
             refuse_overwrite(
@@ -327,17 +185,21 @@ def check_run_outputs(
 class Report:
     """Counts done/skipped/failed, prints one line per failure, writes the JSONL report.
 
-    The report file is written under a temporary name and renamed when the run ends (also on
-    Ctrl-C, with the lines so far), so an earlier report is replaced only by a complete one.
+    Nothing is kept per file: entries stream to the ``--report`` file, and to a temporary
+    spool when ``keep_entries`` (the gallery reads them back with :meth:`entries`). The report
+    file is written under a temporary name and renamed when the run ends (also on Ctrl-C, with
+    the lines so far), so an earlier report is replaced only by a complete one. ``total`` may be
+    None while the inputs are still being listed (see :meth:`set_total`).
     """
 
-    total: int
+    total: int | None
     report_path: Path | None = None
     progress: bool = True
+    keep_entries: bool = False
     done: int = 0
     skipped: int = 0
     failed: int = 0
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    check_seconds: float = 0.0  # spent deciding whether outputs exist (--skip-existing)
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -346,28 +208,55 @@ class Report:
         self._bar = tqdm(total=self.total, unit="img", disable=not self.progress, leave=False)
         self._files = contextlib.ExitStack()
         self._jsonl = None
+        self._spool = None
         if self.report_path is not None:
             # A killed run's temporary report (only ours: same name, atomic_path's pattern).
             path = Path(self.report_path)
             for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
                 stale.unlink(missing_ok=True)
             self._jsonl = self._files.enter_context(atomic_write(path, "w"))
+        elif self.keep_entries:
+            self._spool = self._files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))
+
+    def set_total(self, total: int) -> None:
+        """The number of entries, once the listing has found them all (any thread)."""
+        self.total = self._bar.total = total
+        self._bar.refresh()
 
     def record(self, src: str | Path, status: str, dst: Path | None = None, **extra: Any) -> None:
         if "reason" in extra:  # decode errors start with the path; the entry names it already
             extra["reason"] = str(extra["reason"]).removeprefix(f"{src}: ")
         entry = {"input": str(src), "status": status, "output": str(dst) if dst else None}
         entry.update(extra)
-        self.entries.append(entry)
         setattr(self, status, getattr(self, status) + 1)
         # One line per file, on stderr with the summary (stdout stays free for piping).
         if status == "failed":
             tqdm.write(f"error: {src}: {extra.get('reason', 'failed')}", file=sys.stderr)
         for note in extra.get("warnings", ()):
             tqdm.write(f"warning: {src}: {note}", file=sys.stderr)
+        line = json.dumps(entry) + "\n"
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps(entry) + "\n")
+            self._jsonl.write(line)
+        if self._spool is not None:
+            self._spool.write(line)
         self._bar.update(1)
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """The entries recorded, in order, read back one at a time (``keep_entries`` or a
+        ``--report``; after :meth:`close`)."""
+        if self._spool is not None:
+            self._spool.seek(0)
+            lines = self._spool
+        elif self.report_path is not None:
+            lines = open(self.report_path, encoding="utf-8")  # noqa: SIM115 (closed below)
+        else:
+            return
+        try:
+            for line in lines:
+                yield json.loads(line)
+        finally:
+            if lines is not self._spool:
+                lines.close()
 
     @property
     def seconds(self) -> float:
@@ -379,13 +268,22 @@ class Report:
 
     def summary(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
-        return (
+        line = (
             f"done {self.done}, skipped {self.skipped}, failed {self.failed} "
             f"in {self.seconds:.1f} s ({rate:.2f} images/s)"
         )
+        if self.skipped:
+            line += f"; skipped: outputs exist (checked in {self.check_seconds:.2f} s)"
+        return line
 
     def close(self) -> None:
+        """Finish the report file (the spool stays readable until :meth:`discard`)."""
         self._bar.close()
+        if self._spool is None:  # (a spool exists only without --report)
+            self._files.close()
+
+    def discard(self) -> None:
+        """Drop the spool, once the entries have been read."""
         self._files.close()
 
     def abandon(self) -> None:
@@ -430,26 +328,49 @@ def _default_budget(device: Any) -> int:
     return 3 << 29
 
 
-def _clean_partials(jobs: list[Job]) -> None:
+def _clean_partials(folder: Path) -> None:
     # Temporary files of a run that was killed: hidden, never mistaken for outputs, but clutter.
-    for folder in {job.dst.parent for job in jobs}:
-        if folder.is_dir():
-            for stale in folder.glob(f".*{PARTIAL_SUFFIX}"):
-                stale.unlink(missing_ok=True)
+    if folder.is_dir():
+        for stale in folder.glob(f".*{PARTIAL_SUFFIX}"):
+            stale.unlink(missing_ok=True)
 
 
-def _existing_output(job: Job, output_dir: Path, recorded: set[str]) -> str | None:
-    """Why ``job.dst`` must not be written (None: it may be); one stat, no decoding."""
-    if not (job.dst.exists() or job.dst.is_symlink()):
-        return None
-    if job.dst.is_dir():
-        return f"its output {job.dst} is a folder"
-    if job.dst.relative_to(output_dir).as_posix() not in recorded:
-        return (
+def _existing_output(job: Job, output_dir: Path, recorded: set[int]) -> tuple[bool, str | None]:
+    """(whether ``job.dst`` exists, why it must not be written or None); one lstat, no decode."""
+    try:
+        st = os.lstat(job.dst)
+    except (FileNotFoundError, NotADirectoryError):
+        return False, None
+    if stat.S_ISDIR(st.st_mode):
+        return True, f"its output {job.dst} is a folder"
+    if hash(job.dst.relative_to(output_dir).as_posix()) not in recorded:
+        return True, (
             f"{job.dst} already exists and was not written by cyclekit translate, so it is "
             "not replaced; move it away or choose another output folder"
         )
-    return None
+    return True, None
+
+
+def _first_job(
+    plan: Iterator[Job | Problem],
+) -> tuple[list[Problem], Iterator[Job | Problem] | None]:
+    """The problems before the first job, and the plan from that job on (None: no job)."""
+    problems: list[Problem] = []
+    for item in plan:
+        if isinstance(item, Job):
+            return problems, itertools.chain([item], plan)
+        problems.append(item)
+    return problems, None
+
+
+def _count_in_background(count: Callable[[], int], report: Report) -> None:
+    # The bar's total fills in when a second listing ends, while the first one is translated
+    # as it is found: a huge tree starts at once and still shows an ETA.
+    def work() -> None:
+        with contextlib.suppress(Exception):  # only a progress bar total is at stake
+            report.set_total(count())
+
+    threading.Thread(target=work, name="cyclekit-count", daemon=True).start()
 
 
 def translate_paths(
@@ -459,17 +380,21 @@ def translate_paths(
     one bad image (it is reported). Raises :class:`TranslateError` (or another
     :class:`~cyclekit.errors.CyclekitError`) for a bad run setup, before anything is written.
 
+    Inputs are translated as the listing finds them (:func:`~cyclekit.translate.plan.iter_plan`).
     An output that exists is skipped with ``skip_existing``, else replaced, but only if an
     earlier run wrote it (see :data:`RECORD_NAME`); anything else is never overwritten.
     """
     from cyclekit.devices import resolve_device, resolve_precision
     from cyclekit.translate.tiling import MIN_TILE, Batcher, make_runner
 
-    jobs, problems = plan_jobs(inputs, opts.output_dir, opts.fmt)
-    if not jobs:
-        found = "; ".join(f"{arg}: {reason}" for arg, reason in problems)
+    check_output_dir(inputs, opts.output_dir)
+    # Listed up to the first input only: a missing or empty INPUT is an error before
+    # anything is written, and a huge folder starts at once.
+    problems, plan = _first_job(iter_plan(inputs, opts.output_dir, opts.fmt))
+    if plan is None:
+        found = "; ".join(f"{p.source}: {p.reason}" for p in problems)
         raise TranslateError(f"no input image found ({found})")
-    check_run_outputs(jobs, opts, info.get("path"))
+    check_run_outputs(inputs, opts, info.get("path"))
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     if opts.batch_size is None:
@@ -477,7 +402,7 @@ def translate_paths(
         # bf16, batch 1 vs 4): a batch's activations no longer fit in the caches.
         opts = dataclasses.replace(opts, batch_size=8 if device.type == "cuda" else 1)
     try:
-        report = Report(len(jobs) + len(problems), opts.report_path, opts.progress)
+        report = Report(None, opts.report_path, opts.progress, keep_entries=opts.gallery)
     except OSError as e:
         raise TranslateError(f"--report {opts.report_path}: cannot write ({e.strerror})") from None
     try:
@@ -486,8 +411,11 @@ def translate_paths(
     except OSError as e:
         report.abandon()
         raise TranslateError(f"-o {opts.output_dir}: cannot write there ({e.strerror})") from None
+    if opts.progress:
+        _count_in_background(
+            lambda: sum(1 for _ in iter_plan(inputs, opts.output_dir, opts.fmt)), report
+        )
     recorded = _read_record(opts.output_dir)
-    _clean_partials(jobs)
     spec = info["spec"]
     budget = (opts.memory_budget_mb << 20) if opts.memory_budget_mb else _default_budget(device)
     batcher = Batcher(
@@ -528,8 +456,8 @@ def translate_paths(
             # Recorded before the file appears, so that a run killed right after the rename
             # still knows the file is its own.
             rel = prep.job.dst.relative_to(opts.output_dir).as_posix()
-            if rel not in recorded:
-                recorded.add(rel)
+            if hash(rel) not in recorded:
+                recorded.add(hash(rel))
                 record_file.write(rel + "\n")
                 record_file.flush()
             fut = pool.submit(finish, prep, out, opts.keep_resized, opts.quality)
@@ -541,18 +469,30 @@ def translate_paths(
         results = step(*args)
         dispatch(results, time.perf_counter() - started)
 
-    try:
-        for arg, reason in problems:
-            report.record(arg, "failed", reason=reason)
-        todo = []
-        for job in jobs:
-            if (why := _existing_output(job, opts.output_dir, recorded)) is not None:
-                report.record(job.src, "failed", reason=why)
-            elif opts.skip_existing and job.dst.exists():
-                report.record(job.src, "skipped", job.dst, reason="output exists")
+    def todo() -> Iterator[Job]:
+        """The jobs to translate, as the plan streams in; the rest go to the report."""
+        cleaned: set[Path] = set()
+        for item in plan:
+            if isinstance(item, Problem):
+                report.record(item.source, "failed", reason=item.reason)
+                continue
+            started = time.perf_counter()
+            exists, why = _existing_output(item, opts.output_dir, recorded)
+            report.check_seconds += time.perf_counter() - started
+            if why is not None:
+                report.record(item.src, "failed", reason=why)
+            elif exists and opts.skip_existing:
+                report.record(item.src, "skipped", item.dst, reason="output exists")
             else:
-                todo.append(job)
-        for job, prep in _prefetch(pool, todo, spec, opts):
+                if item.dst.parent not in cleaned:  # once per output folder
+                    cleaned.add(item.dst.parent)
+                    _clean_partials(item.dst.parent)
+                yield item
+
+    try:
+        for problem in problems:
+            report.record(problem.source, "failed", reason=problem.reason)
+        for job, prep in _prefetch(pool, todo(), spec, opts):
             if isinstance(prep, Exception):
                 report.record(job.src, "failed", reason=str(prep))
             else:
@@ -567,12 +507,15 @@ def translate_paths(
     if opts.gallery:
         from cyclekit.translate.gallery import write_gallery
 
-        write_gallery(opts.output_dir, report.entries)
+        try:
+            write_gallery(opts.output_dir, report.entries())
+        finally:
+            report.discard()
     return report
 
 
 def _prefetch(
-    pool: ThreadPoolExecutor, jobs: list[Job], spec: dict[str, Any], opts: TranslateOptions
+    pool: ThreadPoolExecutor, jobs: Iterable[Job], spec: dict[str, Any], opts: TranslateOptions
 ) -> Iterator[tuple[Job, Prepared | Exception]]:
     """Decode ahead in the pool, in order, keeping a bounded number of images in memory."""
     window = max(2 * opts.batch_size, 2 * opts.num_workers, 2)

@@ -366,7 +366,10 @@ class Batcher:
     def _run_group(self, key: tuple[int, ...]) -> list[tuple[Any, np.ndarray | Exception]]:
         group = self.pending.pop(key)
         try:
-            x = to_model_input(np.stack([p for _, p in group]))
+            # (One image, the CPU default: a view, not np.stack's copy.)
+            x = to_model_input(
+                group[0][1][None] if len(group) == 1 else np.stack([p for _, p in group])
+            )
             y = from_model_output(self.run(x), inplace=True)
             return [(item, out) for (item, _), out in zip(group, y, strict=True)]
         except (RuntimeError, MemoryError) as e:
