@@ -240,3 +240,37 @@ def test_help_says_which_number_to_trust():
     assert r.exit_code == 0
     text = " ".join(r.output.split())
     assert "KID is the one to trust" in text and "--fake" in text
+
+
+def test_in_memory_scores_equal_the_command_s(tmp_path):
+    # score_translations is what training-time evaluation calls; it must give eval's numbers.
+    from cyclekit.evaluate import run
+    from cyclekit.generator_io import load_generator
+
+    data = make_data(tmp_path / "data")
+    ckpt = make_train_checkpoint(tmp_path / "last.pt")
+    out = tmp_path / "r.json"
+    r = cli(
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(data),
+        "--direction",
+        "b2a",
+        "--json",
+        str(out),
+        *SIZE,
+    )
+    assert r.exit_code == 0, r.output
+    expected = json.loads(out.read_text())["results"]["b2a"]
+    model, info = load_generator(ckpt, "b2a")
+    translate = run.Translator(model, info["spec"], torch.device("cpu"), "fp32")
+    inputs, reals = (
+        np.stack([run.load_resized(p, 32) for p in run.scan_folder(data / sub, "--data")])
+        for sub in ("testB", "testA")
+    )
+    extractor = features.PixelStatsExtractor()
+    got = run.score_translations(inputs, translate(inputs), extractor(reals), extractor)
+    for key in ("fid", "kid_mean", "kid_std", "ssim_mean", "ssim_std"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
+    assert got["doing_nothing"]["fid"] == pytest.approx(expected["doing_nothing"]["fid"])

@@ -203,6 +203,52 @@ def _compare(
     }
 
 
+def _direction_scores(
+    input_feats: np.ndarray,
+    fake_feats: np.ndarray,
+    ssims: np.ndarray,
+    real_stats: FeatureStats,
+    real_feats: np.ndarray,
+    kid_subsets: int,
+) -> dict[str, Any]:
+    return {
+        **_compare(fake_feats, real_stats, real_feats, kid_subsets),
+        "ssim_mean": float(ssims.mean()),
+        "ssim_std": float(ssims.std()),
+        "doing_nothing": {
+            **_compare(input_feats, real_stats, real_feats, kid_subsets),
+            "ssim_mean": 1.0,
+        },
+    }
+
+
+def score_translations(
+    inputs: np.ndarray,
+    fakes: np.ndarray,
+    real_features: np.ndarray,
+    extractor: features.Extractor,
+    kid_subsets: int = KID_SUBSETS,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """What ``cyclekit eval`` reports for one direction, from images in memory.
+
+    ``inputs`` and their translations ``fakes``: (N, S, S, C) uint8, pair by pair, at the
+    evaluation size; ``real_features``: ``extractor``'s features of the real target images
+    (computed once, e.g. at the start of training). Returns ``fid``, ``kid_mean``, ``kid_std``,
+    ``kid_subset_size``, ``ssim_mean``, ``ssim_std`` and the same scores of the untranslated
+    inputs under ``doing_nothing``."""
+    input_feats = features.extract(inputs, extractor, batch_size)
+    fake_feats = features.extract(fakes, extractor, batch_size)
+    return _direction_scores(
+        input_feats,
+        fake_feats,
+        ssim(inputs, fakes),
+        feature_stats(real_features),
+        real_features,
+        kid_subsets,
+    )
+
+
 def _device_and_batch(settings: EvalSettings) -> tuple[Any, str, int]:
     from cyclekit.devices import resolve_device, resolve_precision
 
@@ -312,13 +358,7 @@ def evaluate_checkpoint(
             "input_images": len(inputs),
             "target_folder": str((folder_b if src == "A" else folder_a)[0]),
             "target_images": len(reals),
-            **_compare(fakes, stats[dst], reals, settings.kid_subsets),
-            "ssim_mean": float(scores.mean()),
-            "ssim_std": float(scores.std()),
-            "doing_nothing": {
-                **_compare(inputs, stats[dst], reals, settings.kid_subsets),
-                "ssim_mean": 1.0,
-            },
+            **_direction_scores(inputs, fakes, scores, stats[dst], reals, settings.kid_subsets),
         }
     return {
         REPORT_KEY: REPORT_VERSION,
