@@ -274,3 +274,17 @@ def test_in_memory_scores_equal_the_command_s(tmp_path):
     for key in ("fid", "kid_mean", "kid_std", "ssim_mean", "ssim_std"):
         assert got[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
     assert got["doing_nothing"]["fid"] == pytest.approx(expected["doing_nothing"]["fid"])
+
+
+def test_the_command_is_listed_and_its_module_loads_no_torch():
+    import subprocess
+    import sys
+
+    top = CliRunner().invoke(main, ["--help"])
+    assert top.exit_code == 0 and "eval" in top.output
+    code = (
+        "import sys, cyclekit.cli.eval;"
+        "print(','.join(m for m in ('torch', 'numpy', 'torch_fidelity') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -338,7 +338,7 @@ def evaluate_checkpoint(
     passes = {}
     for name, paths, d in (("A", paths_a, "a2b"), ("B", paths_b, "b2a")):
         todo = {d: translators[d]} if d in translators else {}
-        desc = f"test{name}: features" + (f" + {d}" if todo else "")
+        desc = f"domain {name}: features" + (f" + translating {d}" if todo else "")
         passes[name] = _folder_pass(
             paths, settings.size, batch, extractor, todo, desc, settings.progress
         )
