@@ -130,6 +130,39 @@ def test_many_entries_request_only_the_visible_thumbnails(tmp_path: Path) -> Non
     assert len(data) == -(-3000 // gallery.CHUNK)
 
 
+def test_scrolling_adds_figures_and_reads_the_next_data_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gallery, "CHUNK", 50)  # a few scrolls go through several data files
+    inputs = _images(tmp_path / "in", 3)
+    outputs = _images(tmp_path / "out", 3)
+    page = write_gallery(tmp_path / "out", _entries(inputs, outputs, 3000))
+    probe = _probe(
+        page,
+        """const d = document.body.dataset;
+        function down() {
+          const before = document.querySelectorAll("figure").length;
+          if (!d.firstFigures) d.firstFigures = before;
+          if (before >= 200) { d.probe = "done"; return; }
+          window.scrollTo(0, document.body.scrollHeight);
+          // Now, not at the next frame: under virtual time frames come at no set pace.
+          window.dispatchEvent(new Event("scroll"));
+          when(() => document.querySelectorAll("figure").length > before, down);
+        }
+        when(() => document.querySelector("figure"), down);""",
+    )
+    dom, _ = chromium_page_dom(probe, tmp_path / "profile")
+    data = body_data(dom)
+    assert data.get("probe") == "done", data
+    assert data["first_figures"] < 200 <= data["figures"] < 3000, data
+    # In the order given, each entry once, across the data files.
+    order = [int(i) for i in re.findall(r'<figure class="done" data-i="(\d+)"', dom)]
+    assert order == list(range(data["figures"]))
+    assert re.findall(r"<figcaption[^>]*>([^<]*)<", dom)[:6] == ["0.png", "1.png", "2.png"] * 2
+    assert 0 < data["thumbs_requested"] <= 2 * data["figures"], data
+    assert data["thumbs_loaded"] == data["thumbs_requested"]
+
+
 def test_failed_filter_shows_only_failed_entries_with_their_reasons(tmp_path: Path) -> None:
     inputs = _images(tmp_path / "in", 3)
     outputs = _images(tmp_path / "out", 3)

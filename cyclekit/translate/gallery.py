@@ -112,7 +112,10 @@ def _reduced(src: Path, size: int) -> Image.Image | None:
                 return None
             if img.format == "JPEG":
                 # Decoding at 1/2 to 1/8 scale: a 24-megapixel photo in a few ms, little memory.
-                img.draft("RGB", (THUMB_SIDE, THUMB_SIDE))
+                # The scale is picked so both sides stay at least this: the fitted size.
+                w, h = img.size
+                fit = THUMB_SIDE / max(w, h)
+                img.draft("RGB", (max(1, round(w * fit)), max(1, round(h * fit))))
                 img.load()
                 with pillow_warnings():
                     upright = ImageOps.exif_transpose(img).convert("RGB")  # also CMYK, L
@@ -193,7 +196,7 @@ def _row(entry: Mapping[str, Any], page_dir: str, thumbs: Path) -> list[Any]:
         _text(src),
         _href(src_abs, page_dir),
         _href(out_abs, page_dir) if out_abs else "",
-        _text(entry.get("reason") or ""),
+        _text(entry.get("reason") or "") if entry["status"] == "failed" else "",  # shown then
         # A failed input may still decode (the model failed, or its output name was taken).
         _thumbnail(src_abs, thumbs),
         _thumbnail(out_abs, thumbs) if out_abs else "",
@@ -229,7 +232,6 @@ class _DataFiles:
         self.folder, self.run, self.kind = folder, run, kind
         self.rows: list[str] = []
         self.count = 0  # files written
-        self.bytes = 0
 
     def add(self, row: list[Any]) -> None:
         # ASCII JSON is a valid JavaScript literal (no raw U+2028, no "</script>" matters here).
@@ -244,7 +246,6 @@ class _DataFiles:
         text += "\n]);\n"
         with atomic_write(self.folder / f"entries-{self.run}-{self.kind}{self.count:04d}.js") as f:
             f.write(text.encode("ascii"))
-        self.bytes += len(text)
         self.count += 1
         self.rows = []
 
@@ -406,7 +407,9 @@ let shown = 0;  // how many of view.rows are figures in the grid
 window.cyclekitGallery = {
   add(kind, index, rows) {
     const list = lists[kind];
-    if (index === list.next) { list.rows = list.rows.concat(rows); list.next++; }
+    if (index !== list.next) return;  // not the file asked for (a page written since)
+    for (const row of rows) list.rows.push(row);
+    list.next++;
   },
 };
 
@@ -439,8 +442,9 @@ function noPreview(text) {
   return span;
 }
 
-// A thumbnail is requested only when its figure comes near the window (our own observer, so
-// the page can count requests; loading="lazy" as well for browsers that render it otherwise).
+// A thumbnail is requested only when it comes within 200 px of the window: our own observer,
+// so that the page can count requests. Each <img> also says loading="lazy", the browser's own
+// rule, whose margin is wider: it never holds back an image the observer asked for.
 const thumbs = new IntersectionObserver((seen) => {
   for (const item of seen) {
     if (!item.isIntersecting) continue;
@@ -532,8 +536,11 @@ async function fill() {
     requestAnimationFrame(() => { body.dataset.firstScreenMs = performance.now().toFixed(1); });
   }
 }
-new IntersectionObserver((seen) => { if (seen.some((s) => s.isIntersecting)) fill(); },
-  { rootMargin: "100% 0px" }).observe(more);
+// Checked on every scroll (at most once a frame), not with an IntersectionObserver on the
+// marker: an observer reports only changes it sees between frames, so a jump (End key, a
+// script) that lands near the bottom again right after a fill would add nothing.
+addEventListener("scroll", fill, { passive: true });
+addEventListener("resize", fill);
 
 $("only-failed").addEventListener("change", (e) => {
   view = e.target.checked ? lists.f : lists.a;
@@ -545,8 +552,9 @@ $("only-failed").addEventListener("change", (e) => {
 });
 
 // The viewer: the full-size input and output side by side.
-let current = -1;
+let current = -1, opener = null;
 function openViewer(i) {
+  if (viewer.hidden) opener = document.activeElement;  // focus goes back there on close
   const [status, input, inHref, outHref, reason] = view.rows[i];
   current = i;
   $("full-in").src = inHref;
@@ -566,6 +574,7 @@ function closeViewer() {
   $("full-out").removeAttribute("src");
   const fig = grid.querySelector('figure[data-i="' + current + '"]');
   if (fig) fig.scrollIntoView({ block: "nearest" });
+  if (opener) opener.focus({ preventScroll: true });
 }
 grid.addEventListener("click", (e) => {
   const fig = e.target.closest("figure");
