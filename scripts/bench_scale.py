@@ -6,10 +6,10 @@
 For each size the script makes a folder of small JPEGs (64x48, in subfolders of 1,000, the way
 cameras number them), then runs the real command in a fresh process, as a user would:
 
-1. ``cyclekit translate IN -o OUT --checkpoint tiny.pt``: seconds until the first output file
-   exists (from process start, and from the moment the command began listing), per-file time,
-   per-file overhead outside the model (per-file time minus the model's own time on one such
-   image, measured in this process), peak RSS of the process;
+1. ``cyclekit translate IN -o OUT --checkpoint tiny.pt``: seconds from the process start until
+   the first output file exists, per-file time after that, per-file overhead outside the model
+   (per-file time minus the model's own time on one such image, measured in this process the
+   way translate runs it), peak RSS of the process;
 2. the same with ``--skip-existing`` and nothing to do: wall time and the summary line;
 3. the same with ``--skip-existing --gallery``: the gallery's cost, the page's size and its
    first-screen time in headless Chromium (when installed).
@@ -103,20 +103,23 @@ def _model_ms(checkpoint: Path, repeats: int = 200) -> float:
 
 
 def _run(args: list[str], first_output: Path | None = None) -> dict:
-    """Run ``cyclekit ARGS`` in a fresh process; wall time, time to ``first_output``, peak RSS."""
+    """Run ``cyclekit ARGS`` in a fresh process: wall time, time to ``first_output`` (from the
+    process start), peak RSS (from os.wait4 on that child alone), the summary line."""
     cmd = [sys.executable, "-m", "cyclekit", *args]
     # stderr to a file, not a pipe: a pipe nobody reads while we poll would fill and stall it.
     with tempfile.TemporaryFile("w+") as log:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
         first = None
-        while first_output is not None and first is None and proc.poll() is None:
-            if first_output.exists():
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if first_output is not None and first is None and first_output.exists():
                 first = time.perf_counter() - started
-            else:
-                time.sleep(0.002)
-        proc.wait()
+            time.sleep(0.002)
         wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         log.seek(0)
         err = log.read()
     if proc.returncode not in (0, 1):
@@ -125,24 +128,12 @@ def _run(args: list[str], first_output: Path | None = None) -> dict:
     return {
         "wall_s": round(wall, 3),
         "first_output_s": None if first is None else round(first, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
         "summary": lines[-1] if lines else None,
-        "stderr_tail": err.strip().splitlines()[-3:],
     }
 
 
-def _peak_rss_mb(args: list[str]) -> float:
-    """Peak RSS of a separate run of ``cyclekit ARGS`` (measured with os.wait4 on its pid)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cyclekit", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _, _, usage = os.wait4(proc.pid, 0)
-    proc.returncode = 0  # reaped by wait4
-    return round(usage.ru_maxrss / 1024, 1)
-
-
-def bench_size(n: int, work: Path, checkpoint: Path, model_ms: float, gallery: bool) -> dict:
+def bench_size(n: int, work: Path, checkpoint: Path, gallery: bool) -> dict:
     folder = work / f"n{n}"
     folder.mkdir()
     started = time.perf_counter()
@@ -152,9 +143,12 @@ def bench_size(n: int, work: Path, checkpoint: Path, model_ms: float, gallery: b
     first = out / "100CANON" / "IMG_000000.jpg"
     base = ["translate", str(src), "-o", str(out), "--checkpoint", str(checkpoint)]
 
-    # Fresh process start to import, for the "first output" figure from the command's start.
+    # A fresh process to --help (no torch imported): the part of "first output" that is Python.
     startup = _run(["translate", "--help"])["wall_s"]
+    # The model's own time, just before and after (the machine's speed drifts).
+    model_ms = _model_ms(checkpoint)
     fresh = _run(base, first)
+    model_ms = (model_ms + _model_ms(checkpoint)) / 2
     per_file_ms = (fresh["wall_s"] - (fresh["first_output_s"] or 0)) / max(1, n - 1) * 1000
     result = {
         "files": n,
@@ -163,15 +157,14 @@ def bench_size(n: int, work: Path, checkpoint: Path, model_ms: float, gallery: b
         "cli_startup_s": startup,
         "wall_s": fresh["wall_s"],
         "per_file_ms": round(per_file_ms, 3),
+        "model_ms": round(model_ms, 3),
         "overhead_per_file_ms": round(per_file_ms - model_ms, 3),
+        "peak_rss_mb": fresh["peak_rss_mb"],
         "summary": fresh["summary"],
     }
     rerun = _run([*base, "--skip-existing"])
     result["noop_rerun_s"] = rerun["wall_s"]
     result["noop_rerun_summary"] = rerun["summary"]
-    # Peak RSS of a run that translates everything again (every output is its own, so it is
-    # replaced): the figure that must stay flat in the number of files.
-    result["peak_rss_mb"] = _peak_rss_mb(base)
     if gallery:
         g = _run([*base, "--skip-existing", "--gallery"])
         page = out / "index.html"
@@ -190,12 +183,10 @@ def bench_size(n: int, work: Path, checkpoint: Path, model_ms: float, gallery: b
 
 
 def _chromium_stats(page: Path, profile: Path) -> dict | None:
-    if shutil.which("chromium") is None or not page.exists():
-        return None
     sys.path.insert(0, str(ROOT))
-    try:
-        from tests.helpers import chromium_page_stats
-    except ImportError:  # an older checkout without it
+    from tests.helpers import chromium_page_stats, find_chromium
+
+    if find_chromium() is None or not page.exists():
         return None
     return chromium_page_stats(page, profile)
 
@@ -210,8 +201,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cyclekit-bench-scale-", dir=args.work))
     try:
         checkpoint = _tiny_generator(work / "tiny.pt")
-        model_ms = _model_ms(checkpoint)
-        results = [bench_size(n, work, checkpoint, model_ms, not args.no_gallery) for n in sizes]
+        results = [bench_size(n, work, checkpoint, not args.no_gallery) for n in sizes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rss = [r["peak_rss_mb"] for r in results]
@@ -225,7 +215,6 @@ def main() -> None:
                 },
                 "image": f"{SIDE[0]}x{SIDE[1]} JPEG",
                 "model": "resnet_6blocks ngf=4 (tiny), --precision auto",
-                "model_ms_per_image": round(model_ms, 3),
                 "sizes": results,
                 "rss_growth": round(max(rss) / min(rss) - 1, 3) if rss else None,
             },

@@ -411,10 +411,6 @@ def translate_paths(
     except OSError as e:
         report.abandon()
         raise TranslateError(f"-o {opts.output_dir}: cannot write there ({e.strerror})") from None
-    if opts.progress:
-        _count_in_background(
-            lambda: sum(1 for _ in iter_plan(inputs, opts.output_dir, opts.fmt)), report
-        )
     recorded = _read_record(opts.output_dir)
     spec = info["spec"]
     budget = (opts.memory_budget_mb << 20) if opts.memory_budget_mb else _default_budget(device)
@@ -464,10 +460,19 @@ def translate_paths(
             writes.append((prep, seconds / len(results), fut))
         collect(block=False)
 
+    counting = not opts.progress  # (no bar, no total needed)
+
     def run_model(step: Any, *args: Any) -> None:
+        nonlocal counting
         started = time.perf_counter()
         results = step(*args)
         dispatch(results, time.perf_counter() - started)
+        if results and not counting:
+            # Only after the first output: the count competes for the GIL and the disk.
+            counting = True
+            _count_in_background(
+                lambda: sum(1 for _ in iter_plan(inputs, opts.output_dir, opts.fmt)), report
+            )
 
     def todo() -> Iterator[Job]:
         """The jobs to translate, as the plan streams in; the rest go to the report."""
