@@ -53,6 +53,11 @@ def _covered_elsewhere(cmd: str) -> str | None:
 
         assert cmd in datasets_commands(), f"{cmd}: not run by tests/test_datasets.py"
         return "tests/test_datasets.py"
+    if cmd.startswith("cyclekit eval "):
+        from tests.test_eval_cli import README_COMMANDS as EVAL_COMMANDS
+
+        assert cmd in EVAL_COMMANDS, f"{cmd}: not in tests/test_eval_cli.py README_COMMANDS"
+        return "tests/test_eval_cli.py"
     if cmd.startswith(("cyclekit translate", "cyclekit export")):
         from tests.test_translate_readme import COMMANDS
 
