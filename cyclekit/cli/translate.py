@@ -18,6 +18,10 @@ DIRECTION = choice(["a2b", "b2a"])
 # importing them here would load torch for `--help`.
 MIN_TILE = 256
 MAX_MEGAPIXELS = 400
+# Kept equal to cyclekit.translate.video.CODECS and temporal.TEMPORAL_MODES (a test checks).
+VIDEO_CODECS = ["h264", "hevc", "vp9", "av1", "ffv1"]
+TEMPORAL = ["none", "stats", "flow"]
+DEFAULT_TEMPORAL = "stats"
 
 
 @click.command(context_settings=CONTEXT)
@@ -135,6 +139,56 @@ MAX_MEGAPIXELS = 400
     help="Memory for the model's activations; larger images are tiled. "
     "Default: 1536 on CPU, half the free GPU memory.",
 )
+@click.option(
+    "--codec",
+    type=choice(VIDEO_CODECS),
+    default="h264",
+    show_default=True,
+    help="Videos: the encoder. A video keeps its name when its container holds the codec "
+    "(.mp4/.mov/.mkv for h264), else gets the codec's after it (x.webm -> x.webm.mp4).",
+)
+@click.option(
+    "--crf",
+    type=int,
+    metavar="N",
+    help="Videos: quality, lower is better (h264 0-51, default 18; hevc 20; vp9/av1 0-63, "
+    "31/30; ffv1 is lossless).",
+)
+@click.option(
+    "--temporal",
+    type=choice(TEMPORAL),
+    default=DEFAULT_TEMPORAL,
+    show_default=True,
+    help="Videos: against flicker. stats: instance-norm statistics smoothed over frames "
+    "(free); flow: also blend with the previous frame moved by optical flow; none: each "
+    "frame alone.",
+)
+@click.option(
+    "--frames",
+    "frames_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Videos: also write the translated frames as PNGs, in DIR/<the video's output "
+    "path>/000001.png...",
+)
+@click.option(
+    "--no-video",
+    is_flag=True,
+    help="With --frames: write only the frames, no video.",
+)
+@click.option(
+    "--sequence",
+    is_flag=True,
+    help="Each INPUT folder is one clip of frames (its images in name order), written as a "
+    "video FOLDER.mp4, with the --temporal smoothing of a video.",
+)
+@click.option(
+    "--fps",
+    type=float,
+    default=25.0,
+    show_default=True,
+    help="With --sequence: the frame rate of the clip.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def translate(
     inputs: tuple[str, ...],
@@ -142,9 +196,16 @@ def translate(
     model_name: str | None,
     direction: str | None,
     resize: str | None,
+    codec: str,
+    crf: int | None,
+    temporal: str,
+    frames_dir: Path | None,
+    no_video: bool,
+    sequence: bool,
+    fps: float,
     **options: Any,
 ) -> None:
-    """Stylise images: every INPUT (file, folder or glob) is written to OUTPUT,
+    """Stylise images and videos: every INPUT (file, folder or glob) is written to OUTPUT,
     at its original size and orientation, keeping alpha, EXIF and colour profile.
 
     \b
@@ -154,6 +215,7 @@ def translate(
       cyclekit translate 'shoot/**/*.jpg' -o out/ --checkpoint latest_net_G.pth --gallery
       cyclekit translate big.tif -o out/ --checkpoint G_ab.pt --tile 1024 --format png
       cyclekit translate photos/ -o out/ --checkpoint G_ab.pt --skip-existing   # resume
+      cyclekit translate clip.mp4 -o out/ --model style_monet --temporal flow
 
     Folders are searched recursively and their subfolders recreated in OUTPUT. An output
     has its input's path below the folder (or glob) it was found in, or a file's own name,
@@ -161,6 +223,10 @@ def translate(
     reported, never renamed. A file that cannot be translated is reported on one line and
     the rest go on; the exit status is 0 only if every file succeeded. Nothing is ever
     written over an input or over a file in OUTPUT that an earlier run did not write.
+
+    Videos (.mp4 .mov .mkv .webm .avi .m4v, given as files or globs; needs
+    pip install 'cyclekit[video]') keep their size, frame timing, rotation and frame count;
+    their audio is copied unchanged.
     """
     from cyclekit.translate.engine import (
         TranslateOptions,
@@ -168,15 +234,28 @@ def translate(
         parse_size,
         translate_paths,
     )
+    from cyclekit.translate.video import VideoOptions
 
     try:
         with user_errors():
-            opts = TranslateOptions(resize=parse_size(resize) if resize else None, **options)
+            video = VideoOptions(
+                codec=codec,
+                crf=crf,
+                temporal=temporal,
+                frames_dir=frames_dir,
+                write_video=not no_video,
+                sequence=sequence,
+                fps=fps,
+            )
+            opts = TranslateOptions(
+                resize=parse_size(resize) if resize else None, video=video, **options
+            )
             model, info = load_model(checkpoint, model_name, direction)
             report = translate_paths(inputs, model, info, opts)
     except KeyboardInterrupt:
         click.echo(
-            "interrupted: finished images are complete; rerun with --skip-existing to resume",
+            "interrupted: finished images and videos are complete; rerun with --skip-existing "
+            "to resume",
             err=True,
         )
         sys.exit(130)

@@ -9,6 +9,7 @@ Nothing a user owns is written over: the run is refused, before anything is writ
 output folder holds an input or a ``--report``/``--gallery`` file is not an earlier one of its
 kind; an image already in the output folder is replaced only if an earlier run wrote it (listed
 in :data:`RECORD_NAME`). Which output an input gets: :mod:`cyclekit.translate.plan`.
+A video (or a ``--sequence`` folder) is routed to :mod:`cyclekit.translate.video`, whole.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import glob
 import itertools
 import json
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -45,6 +47,18 @@ from cyclekit.translate.image_io import (
     prepare,
 )
 from cyclekit.translate.plan import Problem, check_output_dir, iter_plan
+from cyclekit.translate.video import (
+    ClipContext,
+    VideoError,
+    VideoOptions,
+    encoder_for,
+    frames_folder,
+    frames_folder_state,
+    is_video_file,
+    posters_from_files,
+    require_av,
+    translate_clip,
+)
 
 
 class TranslateError(CyclekitError):
@@ -78,6 +92,7 @@ class TranslateOptions:
     num_workers: int = 2
     memory_budget_mb: int | None = None  # None: 1.5 GiB on CPU, half the free GPU memory
     progress: bool = True
+    video: VideoOptions = field(default_factory=VideoOptions)
 
     def __post_init__(self) -> None:
         from cyclekit.translate.tiling import MIN_TILE
@@ -199,6 +214,7 @@ class Report:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    frames: int = 0  # video frames translated
     check_seconds: float = 0.0  # spent deciding whether outputs exist (--skip-existing)
     started: float = field(default_factory=time.perf_counter)
 
@@ -272,6 +288,8 @@ class Report:
             f"done {self.done}, skipped {self.skipped}, failed {self.failed} "
             f"in {self.seconds:.1f} s ({rate:.2f} images/s)"
         )
+        if self.frames:
+            line += f"; {self.frames} video frames"
         if self.skipped:
             line += f"; skipped: outputs exist (checked in {self.check_seconds:.2f} s)"
         return line
@@ -329,10 +347,14 @@ def _default_budget(device: Any) -> int:
 
 
 def _clean_partials(folder: Path) -> None:
-    # Temporary files of a run that was killed: hidden, never mistaken for outputs, but clutter.
+    # Temporary files of a run that was killed: hidden, never mistaken for outputs, but clutter
+    # (a --frames folder's temporary is a folder).
     if folder.is_dir():
         for stale in folder.glob(f".*{PARTIAL_SUFFIX}"):
-            stale.unlink(missing_ok=True)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def _existing_output(job: Job, output_dir: Path, recorded: set[int]) -> tuple[bool, str | None]:
@@ -387,10 +409,14 @@ def translate_paths(
     from cyclekit.devices import resolve_device, resolve_precision
     from cyclekit.translate.tiling import MIN_TILE, Batcher, make_runner
 
+    vo = opts.video
     check_output_dir(inputs, opts.output_dir)
+    if vo.frames_dir is not None:
+        check_output_dir(inputs, vo.frames_dir, "--frames")
+    _check_video_support(inputs, vo)
     # Listed up to the first input only: a missing or empty INPUT is an error before
     # anything is written, and a huge folder starts at once.
-    problems, plan = _first_job(iter_plan(inputs, opts.output_dir, opts.fmt))
+    problems, plan = _first_job(iter_plan(inputs, opts.output_dir, opts.fmt, vo.codec, vo.sequence))
     if plan is None:
         found = "; ".join(f"{p.source}: {p.reason}" for p in problems)
         raise TranslateError(f"no input image found ({found})")
@@ -423,6 +449,22 @@ def translate_paths(
         opts.tile,
     )
     pool = ThreadPoolExecutor(max(1, opts.num_workers), thread_name_prefix="cyclekit-io")
+    clips = ClipContext(
+        model,
+        spec,
+        batcher.run,
+        opts.batch_size,
+        budget,
+        opts.tile,
+        opts.resize,
+        opts.max_size,
+        opts.keep_resized,
+        opts.output_dir,
+        pool,
+        opts.progress,
+        # Where write_gallery looks for thumbnails: a video's is its poster frame.
+        thumbs=opts.output_dir / ".gallery" / "thumbs" if opts.gallery else None,
+    )
     writes: collections.deque[tuple[Prepared, float, Future]] = collections.deque()
 
     def collect(block: bool) -> None:
@@ -440,6 +482,13 @@ def translate_paths(
                 extra["warnings"] = list(prep.warnings)
             report.record(prep.job.src, "done", prep.job.dst, seconds=seconds, **extra)
 
+    def note(dst: Path) -> None:
+        rel = dst.relative_to(opts.output_dir).as_posix()
+        if hash(rel) not in recorded:
+            recorded.add(hash(rel))
+            record_file.write(rel + "\n")
+            record_file.flush()
+
     def dispatch(results: list[tuple[Prepared, np.ndarray | Exception]], seconds: float) -> None:
         for prep, out in results:
             if isinstance(out, Exception):
@@ -451,11 +500,7 @@ def translate_paths(
                 continue
             # Recorded before the file appears, so that a run killed right after the rename
             # still knows the file is its own.
-            rel = prep.job.dst.relative_to(opts.output_dir).as_posix()
-            if hash(rel) not in recorded:
-                recorded.add(hash(rel))
-                record_file.write(rel + "\n")
-                record_file.flush()
+            note(prep.job.dst)
             fut = pool.submit(finish, prep, out, opts.keep_resized, opts.quality)
             writes.append((prep, seconds / len(results), fut))
         collect(block=False)
@@ -471,8 +516,40 @@ def translate_paths(
             # Only after the first output: the count competes for the GIL and the disk.
             counting = True
             _count_in_background(
-                lambda: sum(1 for _ in iter_plan(inputs, opts.output_dir, opts.fmt)), report
+                lambda: sum(
+                    1 for _ in iter_plan(inputs, opts.output_dir, opts.fmt, vo.codec, vo.sequence)
+                ),
+                report,
             )
+
+    def run_clip(job: Job) -> None:
+        """A video or --sequence folder, whole; the images before it are written first."""
+        run_model(batcher.flush)
+        if vo.write_video:
+            note(job.dst)
+        try:
+            extra = translate_clip(job.src, job.dst, clips, vo)
+        except VideoError as e:
+            report.record(job.src, "failed", reason=str(e))
+            return
+        except OSError as e:  # disk full, permissions, a file removed meanwhile
+            where = e.filename or job.dst
+            report.record(job.src, "failed", reason=f"cannot write {where} ({e.strerror or e})")
+            return
+        report.frames += extra["frames"]
+        dst = job.dst if vo.write_video else Path(extra["frames_dir"])
+        report.record(job.src, "done", dst, **extra)
+
+    def clip_exists(job: Job) -> tuple[bool, str | None]:
+        found, why = True, None
+        if vo.write_video:
+            found, why = _existing_output(job, opts.output_dir, recorded)
+        folder = frames_folder(job.dst, opts.output_dir, vo)
+        if folder is not None:
+            exists, not_ours = frames_folder_state(folder)
+            found, why = found and exists, why or not_ours
+            _clean_partials(folder.parent)
+        return found, why
 
     def todo() -> Iterator[Job]:
         """The jobs to translate, as the plan streams in; the rest go to the report."""
@@ -482,12 +559,19 @@ def translate_paths(
                 report.record(item.source, "failed", reason=item.reason)
                 continue
             started = time.perf_counter()
-            exists, why = _existing_output(item, opts.output_dir, recorded)
+            clip = _is_clip(item, vo)
+            if clip:
+                exists, why = clip_exists(item)
+            else:
+                exists, why = _existing_output(item, opts.output_dir, recorded)
             report.check_seconds += time.perf_counter() - started
             if why is not None:
                 report.record(item.src, "failed", reason=why)
             elif exists and opts.skip_existing:
-                report.record(item.src, "skipped", item.dst, reason="output exists")
+                extra = {"kind": "video"} if clip else {}
+                if clip and clips.thumbs is not None and vo.write_video:
+                    posters_from_files(clips.thumbs, item.src, item.dst, spec["input_nc"])
+                report.record(item.src, "skipped", item.dst, reason="output exists", **extra)
             else:
                 if item.dst.parent not in cleaned:  # once per output folder
                     cleaned.add(item.dst.parent)
@@ -498,7 +582,9 @@ def translate_paths(
         for problem in problems:
             report.record(problem.source, "failed", reason=problem.reason)
         for job, prep in _prefetch(pool, todo(), spec, opts):
-            if isinstance(prep, Exception):
+            if prep is None:
+                run_clip(job)
+            elif isinstance(prep, Exception):
                 report.record(job.src, "failed", reason=str(prep))
             else:
                 run_model(batcher.add, prep, prep.pixels)
@@ -519,20 +605,44 @@ def translate_paths(
     return report
 
 
+def _is_clip(job: Job, vo: VideoOptions) -> bool:
+    # (A folder is a job only with --sequence: no stat call per image otherwise.)
+    return is_video_file(job.src) or (vo.sequence and job.src.is_dir())
+
+
+def _check_video_support(inputs: Sequence[str], vo: VideoOptions) -> None:
+    """Before anything is written: PyAV and the --codec encoder, when a video is asked for
+    (a video found by a glob without PyAV fails on its own line instead)."""
+    videos = [a for a in inputs if is_video_file(a) and os.path.isfile(a)]
+    if not (videos or vo.sequence):
+        return
+    try:
+        encoder_for(vo.codec) if vo.write_video else require_av()
+    except VideoError as e:
+        raise TranslateError(f"{videos[0] if videos else '--sequence'}: {e}") from None
+
+
 def _prefetch(
     pool: ThreadPoolExecutor, jobs: Iterable[Job], spec: dict[str, Any], opts: TranslateOptions
-) -> Iterator[tuple[Job, Prepared | Exception]]:
-    """Decode ahead in the pool, in order, keeping a bounded number of images in memory."""
+) -> Iterator[tuple[Job, Prepared | Exception | None]]:
+    """Decode ahead in the pool, in order, keeping a bounded number of images in memory.
+    A video (or --sequence folder) comes with None: it is decoded as it is translated."""
     window = max(2 * opts.batch_size, 2 * opts.num_workers, 2)
-    queue: collections.deque[tuple[Job, Future]] = collections.deque()
+    queue: collections.deque[tuple[Job, Future | None]] = collections.deque()
     it = iter(jobs)
     while True:
         while len(queue) < window and (job := next(it, None)) is not None:
+            if _is_clip(job, opts.video):
+                queue.append((job, None))
+                continue
             args = (job, spec, opts.resize, opts.max_size, opts.keep_resized)
             queue.append((job, pool.submit(prepare, *args)))
         if not queue:
             return
         job, fut = queue.popleft()
+        if fut is None:
+            yield job, None
+            continue
         try:
             yield job, fut.result()
         except ImageDecodeError as e:

@@ -31,6 +31,7 @@ from pathlib import Path
 from cyclekit.data.images import IMAGE_EXTENSIONS, is_image_file, iter_images
 from cyclekit.errors import CyclekitError
 from cyclekit.translate.image_io import FORMATS, Job
+from cyclekit.translate.video import is_video_file, video_output_name
 
 
 class PlanError(CyclekitError):
@@ -45,7 +46,7 @@ class Problem:
     reason: str
 
 
-def output_name(rel: Path, fmt: str | None) -> Path:
+def output_name(rel: Path, fmt: str | None, codec: str = "h264") -> Path:
     """Where the input at ``rel`` (its path below its INPUT folder) goes, below the output folder.
 
     The rule looks at the input alone, so every run (and ``--skip-existing``) pairs an input
@@ -54,8 +55,11 @@ def output_name(rel: Path, fmt: str | None) -> Path:
     - without ``--format``: the same relative path (``trip/IMG_1.jpg`` -> ``trip/IMG_1.jpg``);
     - with ``--format F``: an input already in F's format keeps its name (``x.jpeg`` with
       ``jpg``); any other gets ``.F`` after its full name (``x.png`` -> ``x.png.webp``), so
-      ``x.jpg`` and ``x.png`` never compete for one ``x.webp``.
+      ``x.jpg`` and ``x.png`` never compete for one ``x.webp``;
+    - a video: :func:`~cyclekit.translate.video.video_output_name` (``--format`` is for images).
     """
+    if is_video_file(rel):
+        return video_output_name(rel, codec)
     src_format = FORMATS.get(rel.suffix.lower().lstrip("."))
     if fmt is None:
         return rel if src_format is not None else rel.with_name(f"{rel.name}.png")
@@ -93,19 +97,21 @@ def _glob_base(pattern: str) -> Path:
 
 
 def _looks_like_a_file_name(path: Path) -> bool:
-    return not path.exists() and path.suffix.lower().lstrip(".") in FORMATS
+    suffix = path.suffix.lower().lstrip(".")
+    return not path.exists() and (suffix in FORMATS or is_video_file(path))
 
 
-def check_output_dir(inputs: Sequence[str], output_dir: Path) -> None:
+def check_output_dir(inputs: Sequence[str], output_dir: Path, option: str = "-o") -> None:
     """Refuse, before anything is written, an output folder that cannot be used: a file, a
-    name that looks like an image file, or a folder that is or holds an INPUT argument."""
-    flag = f"-o {output_dir}"
+    name that looks like an image or video file, or a folder that is or holds an INPUT
+    argument. ``option`` names the folder's flag in the message (-o, --frames)."""
+    flag = f"{option} {output_dir}"
     if output_dir.exists() and not output_dir.is_dir():
         raise PlanError(f"{flag}: exists and is not a folder; translate writes a folder")
     if _looks_like_a_file_name(output_dir):
         raise PlanError(
             f"{flag}: translate writes a folder of results, and this looks like a file name; "
-            f"give a folder, e.g. -o {output_dir.with_suffix('')}/"
+            f"give a folder, e.g. {option} {output_dir.with_suffix('')}/"
         )
     out_id = _identity(output_dir)
     if out_id is None:  # a new folder holds nothing yet
@@ -127,7 +133,8 @@ def _sources(arg: str, skip: set[tuple[int, int]]) -> Iterator[tuple[Path, Path]
     """(source, its path below the INPUT root) for one INPUT argument, as they are found.
 
     Folders in ``skip`` (the output folder, when it lies inside an input folder) are not
-    entered: their files are earlier outputs, not inputs."""
+    entered: their files are earlier outputs, not inputs. A glob matches images and videos;
+    a folder is searched for images (videos in it are not translated)."""
     path = Path(arg)
     found = 0
     if path.is_dir():
@@ -148,7 +155,7 @@ def _sources(arg: str, skip: set[tuple[int, int]]) -> Iterator[tuple[Path, Path]
                 for f in iter_images(m, skip):
                     found += 1
                     yield f, f.relative_to(base)
-            elif m.is_file() and is_image_file(m) and not _in_skipped(m, skip):
+            elif m.is_file() and _is_media(m) and not _in_skipped(m, skip):
                 found += 1
                 yield m, m.relative_to(base)
         empty = "matches no image files"
@@ -159,15 +166,47 @@ def _sources(arg: str, skip: set[tuple[int, int]]) -> Iterator[tuple[Path, Path]
         yield Problem(arg, empty)
 
 
+def _is_media(path: Path) -> bool:
+    return is_image_file(path) or is_video_file(path)
+
+
+_SEQUENCE_FILE = "--sequence takes folders of frames (a video file is fine too), not an image"
+
+
+def _clips(arg: str, skip: set[tuple[int, int]]) -> Iterator[tuple[Path, Path] | Problem]:
+    """``--sequence``: every folder an INPUT argument names (or its glob matches) is one
+    clip; a video file is one too."""
+    path = Path(arg)
+    if path.is_dir():
+        yield path, Path(path.resolve().name if path.name in ("", ".", "..") else path.name)
+    elif path.is_file():
+        yield (path, Path(path.name)) if is_video_file(path) else Problem(arg, _SEQUENCE_FILE)
+    elif glob.has_magic(arg):
+        base, found = _glob_base(arg), 0
+        for m in map(Path, sorted(glob.iglob(arg, recursive=True))):
+            if (m.is_dir() or is_video_file(m)) and _identity(m) not in skip:
+                found += 1
+                yield m, m.relative_to(base)
+        if not found:
+            yield Problem(arg, "matches no folders")
+    else:
+        yield Problem(arg, "no such file or folder")
+
+
 def _in_skipped(path: Path, skip: set[tuple[int, int]]) -> bool:
     return any(_identity(parent) in skip for parent in Path(os.path.realpath(path)).parents)
 
 
 def iter_plan(
-    inputs: Sequence[str], output_dir: str | os.PathLike, fmt: str | None = None
+    inputs: Sequence[str],
+    output_dir: str | os.PathLike,
+    fmt: str | None = None,
+    codec: str = "h264",
+    sequence: bool = False,
 ) -> Iterator[Job | Problem]:
     """Jobs (input -> output) and problems for the INPUT arguments, streamed (see the module
-    docstring for the rules). Call :func:`check_output_dir` first."""
+    docstring for the rules). Call :func:`check_output_dir` first. ``codec`` names videos'
+    outputs; with ``sequence`` every INPUT folder is one clip (a video named after it)."""
     output_dir = Path(output_dir)
     out_id = _identity(output_dir)
     skip = {out_id} if out_id is not None else set()
@@ -175,7 +214,7 @@ def iter_plan(
     seen_sources: set[int] = set()  # only with several INPUTs: one folder lists a file once
     taken: set[int] = set()  # output names given so far, letter case folded
     for arg in inputs:
-        for item in _sources(str(arg), skip):
+        for item in (_clips if sequence else _sources)(str(arg), skip):
             if isinstance(item, Problem):
                 yield item
                 continue
@@ -187,7 +226,10 @@ def iter_plan(
                     if key in seen_sources:
                         continue
                     seen_sources.add(key)
-            dst = output_dir / output_name(rel, fmt)
+            if sequence and src.is_dir():
+                dst = output_dir / video_output_name(rel, codec, sequence=True)
+            else:
+                dst = output_dir / output_name(rel, fmt, codec)
             # Letter case folded: the results may live on (or be copied to) a disk where
             # x.png and X.png are one file. A hash collision (odds ~1e-9 at 10^5 inputs)
             # would only refuse one input, with this message; it never overwrites anything.

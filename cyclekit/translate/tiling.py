@@ -248,6 +248,7 @@ def run_tiled(
     overlap: int | None = None,
     guide_pixels: int = 4 * 1024 * 1024,
     batch_size: int = 1,
+    stats_filter: Callable[[dict], dict] | None = None,
 ) -> torch.Tensor:
     """Translate one padded image ``x`` (1, C, H, W) tile by tile; returns (1, C', H, W) on CPU.
 
@@ -256,12 +257,16 @@ def run_tiled(
     and runs it under the chosen precision. The statistics come from ``x`` itself when it has
     at most ``guide_pixels`` pixels (then the result matches the untiled one up to the blend),
     else from a downscaled copy: an approximation, but one shared by all tiles, so no seams.
+    ``stats_filter`` may change the recorded statistics before the tiles use them (a video
+    smooths them over time: :mod:`cyclekit.translate.temporal`).
     """
     _, _, h, w = x.shape
     tile = max(multiple, tile // multiple * multiple)
     overlap = default_overlap(tile, multiple) if overlap is None else overlap
     th, tw, rows, cols = _plan(h, w, tile, overlap, multiple)
     stats = record_norm_stats(model, _guide(x, guide_pixels, multiple), run)
+    if stats_filter is not None:
+        stats = stats_filter(stats)
     tiles = [(t, s, wh, ww) for t, wh in rows for s, ww in cols]
     out: torch.Tensor | None = None
     with frozen_norm_stats(model, stats):
@@ -302,14 +307,20 @@ class Batcher:
         batch_size: int,
         budget_bytes: int,
         tile: int | None = None,
+        stats_filter: Callable[[dict], dict] | None = None,
     ) -> None:
         self.model, self.spec, self.run = model, spec, run
         self.batch_size, self.budget, self.tile = batch_size, budget_bytes, tile
+        self.stats_filter = stats_filter  # for tiled images only (see run_tiled)
         self.multiple = geometry(spec)[0]
         self.pending: dict[tuple[int, ...], list[tuple[Any, np.ndarray]]] = {}
 
     def _max_batch(self, h: int, w: int) -> int:
         return max(1, min(self.batch_size, self.budget // max(1, peak_bytes(self.spec, h, w))))
+
+    def tile_for(self, h: int, w: int) -> int | None:
+        """The tile side a padded h x w image will be translated in; None: untiled."""
+        return self._tile_for(h, w)
 
     def _tile_for(self, h: int, w: int) -> int | None:
         if self.tile is not None:
@@ -341,6 +352,7 @@ class Batcher:
                     self.multiple,
                     guide_pixels=guide,
                     batch_size=self._max_batch(tile, tile),
+                    stats_filter=self.stats_filter,
                 )
                 del x
                 return [(item, from_model_output(y, inplace=True)[0])]

@@ -1,0 +1,744 @@
+"""Videos in ``cyclekit translate``: decode, translate every frame, encode, audio copied as is.
+
+A video (by extension: :data:`VIDEO_EXTENSIONS`), or with ``--sequence`` a folder of frames,
+is one input of the run: one line in the report, one output. Frames go through the same
+:class:`~cyclekit.translate.tiling.Batcher` as images (precision, batching, tiling of 4K frames,
+any generator the engine loads), upright (a phone clip's rotation is undone for the model and
+kept as metadata), with :mod:`cyclekit.translate.temporal` against flicker.
+
+Kept from the input: the frame size, every frame's timestamp in the input's time base (so a
+variable-frame-rate clip stays in sync), the frame count, the rotation, the colour tags, and
+every audio stream, its packets copied unchanged (never re-encoded). Subtitle and data streams
+are not kept (a warning says so). The video goes to a temporary name in the output folder and is
+renamed when complete; ``--frames DIR`` folders likewise. Any failure is one line naming the
+file and leaves nothing behind.
+
+PyAV (FFmpeg's libraries, in its wheels) does the decoding and encoding: ``pip install
+'cyclekit[video]'``. It is imported only when a video is translated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cyclekit.errors import CyclekitError
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+NEEDS_AV = "translating videos needs PyAV: pip install 'cyclekit[video]'"
+FRAMES_MARK = ".cyclekit-frames"  # in every --frames folder we write: ours to replace
+DEFAULT_FPS = 25.0  # --sequence
+POSTER_SECONDS = 1.0  # the gallery's poster: the first frame at or after this time
+
+
+class VideoError(CyclekitError):
+    """A video (or frame sequence) that cannot be translated; ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    encoders: tuple[str, ...]  # FFmpeg encoders, the first this build has is used
+    home: str  # container for an input whose own container cannot hold it
+    containers: frozenset[str]  # input containers (extensions) kept as they are
+    crf: tuple[int, int, int] | None  # (default, lowest, highest); None: lossless
+    options: tuple[tuple[str, str], ...] = ()
+
+
+_MP4ISH = frozenset({"mp4", "m4v", "mov", "mkv"})
+CODECS = {
+    # CRF 18: x264's "visually lossless"; the default 23 smears the fine texture styles add.
+    "h264": Codec(("libx264",), "mp4", _MP4ISH, (18, 0, 51), (("preset", "medium"),)),
+    "hevc": Codec(("libx265",), "mp4", _MP4ISH, (20, 0, 51), (("x265-params", "log-level=0"),)),
+    "vp9": Codec(("libvpx-vp9",), "webm", frozenset({"webm", "mkv"}), (31, 0, 63), (("b", "0"),)),
+    "av1": Codec(("libsvtav1", "libaom-av1"), "mp4", _MP4ISH | {"webm"}, (30, 0, 63)),
+    "ffv1": Codec(("ffv1",), "mkv", frozenset({"mkv"}), None),
+}
+_MUXERS = {"mp4": "mp4", "m4v": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm"}
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def video_output_name(rel: Path, codec: str, sequence: bool = False) -> Path:
+    """Where a video at ``rel`` goes: the same name when its container can hold ``codec``
+    (``clip.mp4``, ``clip.mov`` and ``clip.mkv`` with H.264), else the codec's container after
+    its full name (``clip.webm`` -> ``clip.webm.mp4``), as images get ``--format``. A frame
+    folder (``--sequence``) gets the container after its name (``shot1`` -> ``shot1.mp4``)."""
+    ext = rel.suffix.lower().lstrip(".")
+    if not sequence and ext in CODECS[codec].containers:
+        return rel
+    return rel.with_name(f"{rel.name}.{CODECS[codec].home}")
+
+
+def require_av() -> Any:
+    try:
+        import av
+    except ImportError:
+        raise VideoError(NEEDS_AV) from None
+    return av
+
+
+def encoder_for(codec: str) -> str:
+    """The FFmpeg encoder for ``--codec``; :class:`VideoError` when this build has none."""
+    av = require_av()
+    for name in CODECS[codec].encoders:
+        with contextlib.suppress(av.codec.codec.UnknownCodecError):
+            av.codec.Codec(name, "w")
+            return name
+    raise VideoError(
+        f"--codec {codec}: this FFmpeg build has no encoder for it "
+        f"({', '.join(CODECS[codec].encoders)}); use --codec h264"
+    )
+
+
+@dataclass
+class VideoOptions:
+    """How ``cyclekit translate`` writes videos."""
+
+    codec: str = "h264"
+    crf: int | None = None  # None: the codec's default
+    temporal: str = "stats"
+    frames_dir: Path | None = None  # --frames: the translated frames as PNGs, below it
+    write_video: bool = True  # --no-video: only the frames
+    sequence: bool = False  # every INPUT folder is one clip of frames
+    fps: float = DEFAULT_FPS  # frame rate of a --sequence
+
+    def __post_init__(self) -> None:
+        from cyclekit.translate.temporal import TEMPORAL_MODES
+
+        self.codec = self.codec.lower()
+        if self.codec not in CODECS:
+            raise VideoError(f"--codec {self.codec}: choose one of {', '.join(CODECS)}")
+        if self.temporal not in TEMPORAL_MODES:
+            raise VideoError(f"--temporal {self.temporal}: choose {', '.join(TEMPORAL_MODES)}")
+        crf = CODECS[self.codec].crf
+        if self.crf is not None:
+            if crf is None:
+                raise VideoError(f"--crf: --codec {self.codec} is lossless, it takes no --crf")
+            if not crf[1] <= self.crf <= crf[2]:
+                raise VideoError(
+                    f"--crf {self.crf}: {self.codec} takes {crf[1]}..{crf[2]} (lower is better)"
+                )
+        if not self.write_video and self.frames_dir is None:
+            raise VideoError("--no-video writes only the frames: give --frames DIR too")
+        if not 0 < self.fps <= 1000:
+            raise VideoError(f"--fps {self.fps}: give a frame rate in (0, 1000]")
+        if self.frames_dir is not None:
+            self.frames_dir = Path(self.frames_dir)
+
+
+@dataclass
+class ClipContext:
+    """What the engine lends a clip: the model and how to run it, and the run's options."""
+
+    model: Any
+    spec: dict[str, Any]
+    run: Any  # tiling.Runner
+    batch_size: int
+    budget: int
+    tile: int | None
+    resize: tuple[int, int] | None
+    max_size: int | None
+    keep_resized: bool
+    output_dir: Path
+    pool: ThreadPoolExecutor
+    progress: bool = True
+    thumbs: Path | None = None  # the gallery's thumbnail folder: posters are written there
+
+
+def frames_folder(dst: Path, output_dir: Path, vo: VideoOptions) -> Path | None:
+    """The ``--frames`` folder of the clip whose video is ``dst``: below DIR, the video's own
+    path below the output folder (``out/trip/clip.mp4`` -> ``DIR/trip/clip.mp4/``)."""
+    if vo.frames_dir is None:
+        return None
+    return vo.frames_dir / dst.relative_to(output_dir)
+
+
+def frames_folder_state(folder: Path) -> tuple[bool, str | None]:
+    """(whether the frames folder exists, why it must not be replaced or None)."""
+    if not os.path.lexists(folder):
+        return False, None
+    if not folder.is_dir() or not (folder / FRAMES_MARK).is_file():
+        return True, (
+            f"{folder} already exists and was not written by cyclekit translate --frames, so "
+            "it is not replaced; move it away or choose another --frames folder"
+        )
+    return True, None
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Frame:
+    pixels: np.ndarray  # (H, W, C) uint8 as stored (not rotated)
+    pts: int | None
+    rotation: int = 0
+    colors: dict[str, int] = field(default_factory=dict)
+
+
+def _why(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+class _VideoSource:
+    """The first video stream of a file (cover pictures skipped) and its audio streams."""
+
+    def __init__(self, path: Path, channels: int) -> None:
+        av = require_av()
+        self.path, self.channels = path, channels
+        try:
+            self.container = av.open(str(path), metadata_errors="replace")
+        except av.error.FFmpegError as e:
+            raise VideoError(
+                f"cannot open it as a video ({_why(e)}): damaged, truncated or not a video"
+            ) from None
+        attached = getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0)
+        streams = [s for s in self.container.streams.video if not s.disposition & attached]
+        self.audio = list(self.container.streams.audio)
+        if not streams:
+            self.close()
+            extra = " (only audio)" if self.audio else ""
+            raise VideoError(f"has no video stream{extra}")
+        self.stream = streams[0]
+        if self.stream.codec_context is None:
+            name = getattr(self.stream, "codec_tag", None) or "unknown"
+            self.close()
+            raise VideoError(f"its video codec ({name}) cannot be decoded by this FFmpeg build")
+        self.stream.thread_type = "AUTO"
+        self.codec_name = self.stream.codec_context.name
+        self.time_base = self.stream.time_base or Fraction(1, 90000)
+        self.rate = self.stream.average_rate or self.stream.guessed_rate
+        self.declared = self.stream.frames or None
+        others = len(self.container.streams) - len(self.audio) - len(streams)
+        self.warnings = []
+        if len(streams) > 1:
+            self.warnings.append(f"only the first of its {len(streams)} video streams is kept")
+        if others > 0:
+            self.warnings.append(f"{others} subtitle/data/cover stream(s) not copied")
+
+    def estimate(self) -> int | None:
+        if self.declared:
+            return self.declared
+        if self.container.duration and self.rate:
+            return round(self.container.duration / 1e6 * float(self.rate))
+        return None
+
+    def items(self) -> Iterator[_Frame | Any]:
+        """Frames (decoded, as stored) and audio packets, in file order."""
+        av = require_av()
+        fmt = "rgb24" if self.channels == 3 else "gray"
+        index = 0
+        try:
+            for packet in self.container.demux(self.stream, *self.audio):
+                if packet.stream.type == "audio":
+                    if packet.size and packet.dts is not None:
+                        yield packet
+                    continue
+                for frame in packet.decode():
+                    index += 1
+                    kw = {"src_color_range": frame.color_range} if frame.color_range else {}
+                    colors = {
+                        k: int(getattr(frame, k))
+                        for k in ("colorspace", "color_range", "color_primaries", "color_trc")
+                    }
+                    pixels = frame.to_ndarray(format=fmt, **kw)
+                    yield _Frame(
+                        pixels if pixels.ndim == 3 else pixels[:, :, None],
+                        frame.pts,
+                        int(round(getattr(frame, "rotation", 0) or 0)),
+                        colors,
+                    )
+        except av.error.FFmpegError as e:
+            raise VideoError(
+                f"cannot decode frame {index + 1} ({_why(e)}): the file is damaged or truncated"
+            ) from None
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p.casefold() for p in re.split(r"(\d+)", name)]
+
+
+class _SequenceSource:
+    """A folder of frames (its images, not its subfolders, in natural name order)."""
+
+    def __init__(self, folder: Path, channels: int, fps: float) -> None:
+        from cyclekit.data.images import is_image_file
+
+        self.path, self.channels = folder, channels
+        self.files = sorted(
+            (p for p in folder.iterdir() if is_image_file(p) and not p.name.startswith(".")),
+            key=lambda p: _natural(p.name),
+        )
+        if not self.files:
+            raise VideoError("--sequence: the folder holds no image files (subfolders not read)")
+        rate = Fraction(fps).limit_denominator(1001)
+        self.rate, self.time_base = rate, 1 / rate
+        self.audio: list[Any] = []
+        self.warnings: list[str] = []
+        self.codec_name = "images"
+
+    def estimate(self) -> int:
+        return len(self.files)
+
+    def items(self) -> Iterator[_Frame]:
+        from cyclekit.data.images import ImageDecodeError, decode_image
+
+        for i, f in enumerate(self.files):
+            try:
+                img = decode_image(f, channels=self.channels)
+            except ImageDecodeError as e:
+                raise VideoError(f"frame {f.name}: {str(e).removeprefix(f'{f}: ')}") from None
+            yield _Frame(img.pixels, i)
+
+    def close(self) -> None:
+        pass
+
+
+def _ahead(items: Iterator[Any], size: int) -> Iterator[Any]:
+    """``items`` produced in a background thread, ``size`` ahead (decoding runs while the
+    model works); an exception there is raised here. Close it to stop the thread."""
+    q: queue.Queue = queue.Queue(size)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as e:  # handed to the consumer, which raises it
+            put(("error", e))
+
+    thread = threading.Thread(target=work, name="cyclekit-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+class _VideoSink:
+    """The output file: the translated frames encoded, the audio packets copied."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        dst: Path,
+        vo: VideoOptions,
+        source: Any,
+        first: _Frame,
+        size: tuple[int, int],
+        rotation: int,
+    ) -> None:
+        av = require_av()
+        self.av = av
+        container = dst.suffix.lower().lstrip(".")
+        options = {"movflags": "+faststart"} if container in ("mp4", "m4v", "mov") else {}
+        self.out = av.open(str(tmp), "w", format=_MUXERS[container], options=options)
+        codec = CODECS[vo.codec]
+        h, w = size
+        self.tb = source.time_base
+        vs = self.out.add_stream(encoder_for(vo.codec), rate=source.rate or DEFAULT_FPS)
+        vs.width, vs.height = w, h
+        vs.pix_fmt = self._pix_fmt(vo.codec, vs.codec_context.codec, w, h)
+        vs.time_base = vs.codec_context.time_base = self.tb
+        opts = dict(codec.options)
+        if codec.crf is not None:
+            opts["crf"] = str(vo.crf if vo.crf is not None else codec.crf[0])
+        vs.codec_context.options = opts
+        self.colors = {k: v for k, v in first.colors.items() if v}
+        for key, value in self.colors.items():
+            setattr(vs.codec_context, key, value)
+        if rotation:
+            vs.set_display_rotation(rotation)
+        self.vs = vs
+        self.fmt = "rgb24" if first.pixels.shape[2] == 3 else "gray"
+        self.audio: dict[int, Any] = {}
+        for s in source.audio:
+            if s.codec_context.name not in self.out.supported_codecs:
+                raise VideoError(
+                    f"its audio ({s.codec_context.name}) cannot be copied unchanged into "
+                    f".{container}; use --codec ffv1 (.mkv holds any audio)"
+                )
+            self.audio[s.index] = self.out.add_stream_from_template(s)
+
+    @staticmethod
+    def _pix_fmt(codec: str, encoder: Any, w: int, h: int) -> str:
+        formats = {f.name for f in encoder.video_formats or ()}
+        if codec == "ffv1":
+            return "bgr0"  # lossless RGB
+        if w % 2 == 0 and h % 2 == 0 or "yuv444p" not in formats:
+            if (w % 2 or h % 2) and "yuv444p" not in formats:
+                raise VideoError(f"{codec} cannot encode an odd frame size ({w}x{h}); use h264")
+            return "yuv420p"  # what every player plays
+        return "yuv444p"  # 4:2:0 halves both sides: an odd side needs full chroma
+
+    def frame(self, pixels: np.ndarray, pts: int) -> None:
+        f = self.av.VideoFrame.from_ndarray(
+            pixels if self.fmt == "rgb24" else pixels[:, :, 0], format=self.fmt
+        )
+        f = f.reformat(
+            format=self.vs.pix_fmt,
+            dst_colorspace=self.colors.get("colorspace"),
+            dst_color_range=self.colors.get("color_range"),
+        )
+        f.pts, f.time_base = pts, self.tb
+        for p in self.vs.encode(f):
+            self.out.mux(p)
+
+    def packet(self, packet: Any) -> None:
+        packet.stream = self.audio[packet.stream.index]
+        self.out.mux(packet)
+
+    def finish(self) -> None:
+        for p in self.vs.encode(None):
+            self.out.mux(p)
+        self.out.close()
+
+    def abandon(self) -> None:
+        with contextlib.suppress(Exception):  # the file is deleted anyway
+            self.out.close()
+
+
+class _FramesSink:
+    """PNG frames into a hidden temporary folder, renamed to ``final`` when the clip is done."""
+
+    def __init__(self, final: Path, pool: ThreadPoolExecutor, names: list[str] | None) -> None:
+        self.final, self.pool, self.names = final, pool, names
+        self.tmp = final.parent / f".{final.name}.{secrets.token_hex(4)}.cyclekit-partial"
+        self.tmp.mkdir(parents=True)
+        self.writes: list[Future] = []
+
+    def add(self, index: int, pixels: np.ndarray) -> None:
+        name = self.names[index] if self.names else f"{index + 1:06d}.png"
+        self.writes.append(self.pool.submit(_save_png, self.tmp / name, pixels))
+        if len(self.writes) > 16:  # a bounded number of frames waiting for the disk
+            self.writes.pop(0).result()
+
+    def commit(self) -> None:
+        for w in self.writes:
+            w.result()
+        (self.tmp / FRAMES_MARK).write_text("written by cyclekit translate --frames\n")
+        old = None
+        if self.final.is_dir():  # an earlier run's (checked before): swapped out, then removed
+            old = self.final.parent / f".{self.final.name}.{secrets.token_hex(4)}.old"
+            os.replace(self.final, old)
+        os.replace(self.tmp, self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abandon(self) -> None:
+        for w in self.writes:
+            w.cancel()
+        for w in self.writes:
+            with contextlib.suppress(Exception):
+                w.result()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _save_png(path: Path, pixels: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(path, format="PNG")
+
+
+def _save_poster(thumbs: Path, source: Path, pixels: np.ndarray) -> None:
+    """The gallery's thumbnail of a video (or frame folder): one frame, where the gallery looks
+    for the thumbnail of ``source``, written after ``source`` so it counts as up to date."""
+    from PIL import Image
+
+    from cyclekit.translate.gallery import THUMB_SIDE, thumbnail_path
+
+    img = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
+    img.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+    dst = thumbnail_path(thumbs, source)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    img.save(tmp, format="JPEG", quality=85)
+    os.replace(tmp, dst)
+
+
+def posters_from_files(thumbs: Path, src: Path, dst: Path, channels: int) -> None:
+    """Posters for a clip translated by an earlier run (``--skip-existing --gallery``)."""
+    with contextlib.suppress(VideoError, OSError):
+        for path, ch in ((src, channels), (dst, 3)):
+            if path.is_dir():
+                continue  # a frame folder: no poster
+            source = _VideoSource(path, ch)
+            try:
+                for item in source.items():
+                    if isinstance(item, _Frame):
+                        t = (item.pts or 0) * source.time_base
+                        pixels = np.rot90(item.pixels, item.rotation // 90)
+                        poster = pixels
+                        if t >= POSTER_SECONDS:
+                            break
+                _save_poster(thumbs, path, np.ascontiguousarray(poster))
+            finally:
+                source.close()
+
+
+# -- translating one clip -------------------------------------------------------------------------
+
+
+def _resize(pixels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    h, w = pixels.shape[:2]
+    shrink = hw[0] * hw[1] < h * w
+    out = cv2.resize(
+        pixels, (hw[1], hw[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    )
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def translate_clip(
+    src: Path, dst: Path, ctx: ClipContext, vo: VideoOptions, bar: Any = None
+) -> dict[str, Any]:
+    """Translate the video (or ``--sequence`` folder) ``src`` into ``dst`` and/or its
+    ``--frames`` folder. Returns what the report records; raises :class:`VideoError` (one
+    line, without the path) when the clip cannot be translated, leaving no output behind."""
+    from tqdm import tqdm
+
+    from cyclekit.translate.image_io import work_size
+    from cyclekit.translate.temporal import (
+        FlowBlend,
+        SmoothedStats,
+        is_cut,
+        smoothed_norms,
+        stats_filter,
+    )
+    from cyclekit.translate.tiling import MIN_TILE, Batcher, pad_image, padded_size
+
+    started = time.perf_counter()
+    channels = ctx.spec["input_nc"]
+    if vo.sequence:
+        source: Any = _SequenceSource(src, channels, vo.fps)
+    else:
+        source = _VideoSource(src, channels)
+    av_error: tuple[type[BaseException], ...] = ()
+    if not vo.sequence:
+        av_error = (require_av().error.FFmpegError,)
+    with contextlib.ExitStack() as stack:
+        stack.callback(source.close)
+        items = stack.enter_context(contextlib.closing(_ahead(source.items(), 8)))
+        held = []  # audio before the first frame: written once the output exists
+        first = None
+        for item in items:
+            if isinstance(item, _Frame):
+                first = item
+                break
+            held.append(item)
+        if first is None:
+            raise VideoError("holds no video frames")
+        rotation = first.rotation if first.rotation % 90 == 0 else 0
+        turns = rotation // 90 % 4  # quarter turns counter-clockwise that make a frame upright
+        warnings = list(source.warnings)
+        if first.rotation != rotation:
+            warnings.append(f"rotation {first.rotation} degrees ignored (not a multiple of 90)")
+        upright = np.rot90(first.pixels, turns)
+        h, w = upright.shape[:2]
+        work = work_size(h, w, ctx.resize, ctx.max_size)
+        out_hw = work if ctx.keep_resized else (h, w)
+        back = turns  # turned back as stored, with the same rotation metadata
+        if rotation and not _can_write_rotation():
+            back, rotation = 0, 0
+            warnings.append("written upright without rotation metadata (PyAV too old to set it)")
+        stored_hw = out_hw[::-1] if back % 2 else out_hw
+        sink = None
+        if vo.write_video:
+            from cyclekit.files import atomic_path
+            from cyclekit.translate.image_io import PARTIAL_SUFFIX
+
+            tmp = stack.enter_context(atomic_path(dst, suffix=PARTIAL_SUFFIX))
+            try:
+                sink = _VideoSink(tmp, dst, vo, source, first, stored_hw, rotation)
+            except av_error as e:
+                raise VideoError(f"cannot write {dst} ({_why(e)})") from None
+            stack.push(lambda *exc: sink.abandon() if exc[0] is not None else None)
+        frames = None
+        folder = frames_folder(dst, ctx.output_dir, vo)
+        if folder is not None:
+            names = None
+            if vo.sequence:
+                from cyclekit.translate.plan import output_name
+
+                names = [output_name(Path(f.name), "png").name for f in source.files]
+            frames = _FramesSink(folder, ctx.pool, names)
+            stack.push(lambda *exc: frames.abandon() if exc[0] is not None else None)
+
+        padded = padded_size(*work, ctx.spec)
+        batcher = Batcher(ctx.model, ctx.spec, ctx.run, ctx.batch_size, ctx.budget, ctx.tile)
+        state = SmoothedStats() if vo.temporal in ("stats", "flow") else None
+        blend = FlowBlend() if vo.temporal == "flow" else None
+        counter = {"next": 0, "first": 0}
+        if state is not None:
+            if batcher.tile_for(*padded) is not None:
+                batcher.stats_filter = stats_filter(state)
+            else:
+
+                def run(x: Any) -> Any:
+                    # Frame numbers for the smoothed norms; a batch that fails (out of memory)
+                    # is retried one frame at a time from the same number.
+                    counter["first"] = counter["next"]
+                    y = ctx.run(x)
+                    counter["next"] += x.shape[0]
+                    return y
+
+                batcher.run = run
+                stack.enter_context(smoothed_norms(ctx.model, state, lambda: counter["first"]))
+
+        progress = stack.enter_context(
+            tqdm(
+                total=source.estimate(),
+                unit="frame",
+                desc=src.name[-30:],
+                leave=False,
+                disable=not ctx.progress,
+            )
+        )
+        pending: dict[int, tuple[np.ndarray | None, np.ndarray, int, bool]] = {}
+        poster: list[Any] = [None, None, None]  # input, output, time
+        done = 0
+
+        def emit(results: list[tuple[int, Any]]) -> None:
+            nonlocal done
+            for index, out in results:
+                if isinstance(out, Exception):
+                    raise VideoError(
+                        f"out of memory at frame {index + 1} ({_why(out)}); try --tile "
+                        f"{MIN_TILE}, a lower --memory-budget or --max-size"
+                    )
+                original, inp, pts, cut = pending.pop(index)
+                out = out[: work[0], : work[1]]
+                if blend is not None:
+                    out = blend(inp, out, cut)
+                if out.shape[:2] != out_hw:
+                    out = _resize(out, out_hw)
+                if sink is not None:
+                    sink.frame(np.ascontiguousarray(np.rot90(out, -back)), pts)
+                if frames is not None:
+                    frames.add(index, out)
+                seconds = float(pts * source.time_base)
+                if ctx.thumbs is not None and (poster[2] is None or poster[2] < POSTER_SECONDS):
+                    poster[:] = [original, out, seconds]
+                done += 1
+                progress.update(1)
+
+        index, last_pts, prev = 0, None, None
+        try:
+            for item in _chain(first, items):
+                if not isinstance(item, _Frame):
+                    if sink is not None and sink.audio:
+                        for p in held:
+                            sink.packet(p)
+                        held.clear()
+                        sink.packet(item)
+                    continue
+                pixels = np.rot90(item.pixels, turns)
+                if pixels.shape[:2] != (h, w):
+                    got = f"{pixels.shape[1]}x{pixels.shape[0]}"
+                    raise VideoError(f"frame {index + 1} is {got}, the first frame {w}x{h}")
+                inp = pixels if work == (h, w) else _resize(pixels, work)
+                pts = _timestamp(item.pts, index, last_pts, source, warnings)
+                last_pts = pts
+                cut = is_cut(prev, inp) if vo.temporal != "none" else False
+                prev = inp
+                if state is not None:
+                    state.resets.append(cut)
+                pending[index] = (pixels if ctx.thumbs is not None else None, inp, pts, cut)
+                emit(batcher.add(index, pad_image(np.ascontiguousarray(inp), padded)))
+                index += 1
+            emit(batcher.flush())
+            for p in held:
+                if sink is not None and sink.audio:
+                    sink.packet(p)
+            if sink is not None:
+                sink.finish()
+        except av_error as e:
+            raise VideoError(f"cannot encode it ({_why(e)})") from None
+        if frames is not None:
+            frames.commit()
+    if sink is not None and ctx.thumbs is not None and poster[0] is not None:
+        _save_poster(ctx.thumbs, src, np.ascontiguousarray(poster[0]))
+        _save_poster(ctx.thumbs, dst, np.ascontiguousarray(poster[1]))
+    seconds = time.perf_counter() - started
+    extra: dict[str, Any] = {
+        "kind": "video",
+        "frames": done,
+        "fps": round(float(source.rate), 3) if source.rate else None,
+        "size": [int(stored_hw[1]), int(stored_hw[0])],
+        "seconds": round(seconds, 3),
+        "frames_per_second": round(done / seconds, 2) if seconds > 0 else None,
+        "temporal": vo.temporal,
+    }
+    if rotation:
+        extra["rotation"] = rotation
+    if source.audio:
+        extra["audio_streams"] = len(source.audio)
+    if folder is not None:
+        extra["frames_dir"] = str(folder)
+    if warnings:
+        extra["warnings"] = warnings
+    return extra
+
+
+def _can_write_rotation() -> bool:
+    return hasattr(require_av().video.stream.VideoStream, "set_display_rotation")
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _timestamp(pts: int | None, index: int, last: int | None, source: Any, warnings: list) -> int:
+    """The frame's own timestamp; made up only when missing or not increasing (broken files),
+    which the encoder would refuse."""
+    if pts is None:
+        rate = source.rate or DEFAULT_FPS
+        pts = round(index / (rate * source.time_base))
+    if last is not None and pts <= last:
+        if not any(w.startswith("timestamps") for w in warnings):
+            warnings.append("timestamps not increasing: adjusted to keep the frame order")
+        pts = last + 1
+    return pts
