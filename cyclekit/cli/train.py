@@ -284,6 +284,33 @@ samples/. CUT and FastCUT: cyclekit train --model cut --data datasets/horse2zebr
     type=choice(WANDB_MODES),
     help="auto: online if W&B credentials are configured, else offline.",
 )
+@opt(
+    "--eval-every",
+    name="eval_every",
+    type=int,
+    help="Every N epochs (and after the last), score the generators with FID and KID, as "
+    "`cyclekit eval` does, on the first --eval-images test images (DATA/testA, testB), log "
+    "eval/* and keep the best as best.pt; 0 = off. Default: 10 on CUDA, off elsewhere.",
+)
+@opt(
+    "--eval-images",
+    name="eval_images",
+    type=int,
+    help="Test images per domain for --eval-every (the first K, sorted: the same every time).",
+)
+@opt(
+    "--eval-metric",
+    name="eval_metric",
+    type=choice(C.EVAL_METRICS),
+    help="What best.pt is kept by (lower is better). KID is unbiased at small image counts.",
+)
+@opt(
+    "--stop-on-alarm/--no-stop-on-alarm",
+    name="stop_on_alarm",
+    help="A health alarm (colour inversion, doing nothing, collapse, discriminator wins) "
+    "saves last.pt and stops the run with exit code 1; by default it only warns. A NaN loss "
+    "always stops the run.",
+)
 @opt("--wandb-project", name="wandb_project", help="W&B project.")
 @opt("--wandb-entity", name="wandb_entity", help="W&B entity (user or team).")
 @click.option("--tag", "tags", multiple=True, help="W&B tag (repeatable).")

@@ -24,6 +24,7 @@ DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel")
 GAN_MODES = ("lsgan", "vanilla", "wgangp", "hinge")
 PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 MODELS = ("cyclegan", "cut", "fastcut")
+EVAL_METRICS = ("kid", "fid")  # --eval-metric: what best.pt is kept by (lower is better)
 ONE_SIDED = ("cut", "fastcut")  # one generator (A -> B), no cycle
 # Settings whose default depends on --model: None in the dataclass means "the model's default",
 # filled in when the config is built (and saved resolved, so a resume never re-guesses them).
@@ -78,6 +79,13 @@ RESUMABLE_OVERRIDES = frozenset(
         "data",
         "data_a",
         "data_b",
+        # Evaluation and alarms watch the run without changing it (the eval never touches the
+        # training random streams); a best-so-far from another metric or image count is not
+        # comparable and is started afresh (see cyclekit.training.evaluation).
+        "eval_every",
+        "eval_images",
+        "eval_metric",
+        "stop_on_alarm",
     }
 )
 
@@ -159,6 +167,11 @@ class TrainConfig:
     wandb_project: str = "cyclekit"
     wandb_entity: str | None = None
     tags: list[str] = field(default_factory=list)
+    # evaluation and health (new fields: defaults keep older checkpoints resumable)
+    eval_every: int | None = None  # epochs between FID/KID evaluations; None: 10 on CUDA, else 0
+    eval_images: int = 100  # first K test images (sorted) per domain, the same every time
+    eval_metric: str = "kid"  # kid | fid: the one best.pt is kept by
+    stop_on_alarm: bool = False  # a health alarm saves last.pt and stops the run (exit 1)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -210,6 +223,10 @@ class TrainConfig:
                 raise ConfigError(f"{_flag(f.name)} must be a finite number, got {value}")
         if self.epochs + self.epochs_decay < 1:
             raise ConfigError("--epochs plus --epochs-decay must be at least 1")
+        if self.eval_every is not None and self.eval_every < 0:
+            raise ConfigError(f"--eval-every must be >= 0 (0 = off), got {self.eval_every}")
+        if self.eval_images < 2:
+            raise ConfigError(f"--eval-images must be >= 2 (FID and KID), got {self.eval_images}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -347,6 +364,7 @@ def choice_lists() -> dict[str, tuple[str, ...]]:
         "model": MODELS,
         "downsample": DOWNSAMPLES,
         "upsample": UPSAMPLES,
+        "eval_metric": EVAL_METRICS,
     }
 
 

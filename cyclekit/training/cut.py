@@ -119,6 +119,12 @@ class CUT:
     def generators(self) -> dict[str, tuple[nn.Module, dict[str, Any], str]]:
         return {"G_ab": (unwrap(self.G_ab), self.specs["G_ab"], "a2b")}
 
+    def discriminators(self) -> dict[str, nn.Module]:
+        return {"a2b": self.D_b}
+
+    def adversarial_losses(self) -> dict[str, tuple[str, str, float]]:
+        return {"a2b": ("D_b", "G_ab", self.cfg.lambda_gan)}  # G_ab is logged x lambda_gan
+
     # -- helpers ------------------------------------------------------------------------------
 
     def _device(self) -> torch.device:

@@ -95,6 +95,14 @@ class CycleGAN:
             "G_ba": (unwrap(self.G_ba), self.specs["G_ba"], "b2a"),
         }
 
+    def discriminators(self) -> dict[str, nn.Module]:
+        """Direction -> the discriminator that judges its translations (for health checks)."""
+        return {"a2b": self.D_b, "b2a": self.D_a}
+
+    def adversarial_losses(self) -> dict[str, tuple[str, str, float]]:
+        """Direction -> (its D's loss, its G's adversarial loss, that loss's weight)."""
+        return {"a2b": ("D_b", "G_ab", 1.0), "b2a": ("D_a", "G_ba", 1.0)}
+
     def rank_state(self) -> dict[str, Any]:
         """What differs between ranks: the pools and the random streams."""
         return {

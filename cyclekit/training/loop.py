@@ -14,6 +14,8 @@ from pathlib import Path
 
 from cyclekit.training.config import TrainConfig
 from cyclekit.training.distributed import gather_objects, weights_fingerprint
+from cyclekit.training.evaluation import start_eval
+from cyclekit.training.health import Health
 from cyclekit.training.run import (
     LossWindow,
     build_trained_model,
@@ -72,6 +74,9 @@ def train(
             run.run_dir, run.step, run.epoch, world_size=run.dist.world_size,
             is_main=run.main, total_epochs=cfg.total_epochs,
         )  # fmt: skip
+        # Before anything is written: evaluation asked for but impossible fails in seconds.
+        evals = start_eval(run, progress)
+        health = Health.start(run, model)
         # Signals are caught from before the run folder exists: from then on a Ctrl-C or
         # SIGTERM always ends in a saved last.pt.
         with StopFlag() as stop:
@@ -89,6 +94,7 @@ def train(
                     batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
                     losses = model.train_step(batch, run.autocast, run.scaler)
                     run.step += 1
+                    health.after_step(losses)  # NaN watch, on the device
                     run.epoch_step += 1
                     set_lr(run, model)  # for the next step
                     window.add(losses)
@@ -100,12 +106,14 @@ def train(
                         record = log_record(run, model, result.losses, steps, seconds)
                         result.history.append({"step": run.step, **record})
                         rate = record["perf/images_per_s"]
-                        bar.set_postfix_str(f"{summary(model, result.losses)} {rate:.1f} img/s")
+                        losses_text = summary(model, result.losses)
+                        bar.set_postfix_str(f"{losses_text} {rate:.1f} img/s{evals.postfix}")
+                        health.on_log(result.losses)  # a NaN stops the run here
                     if run.step % cfg.sample_every == 0:
-                        write_samples(run, model)
+                        health.on_samples(write_samples(run, model))
                     if run.step % cfg.save_latest_every == 0:
                         save_last(run, model)
-                    if should_stop(run, stop, log_now):
+                    if should_stop(run, stop, log_now) or health.stop_requested(log_now):
                         stopped = True
                         break
                 bar.close()
@@ -119,6 +127,7 @@ def train(
                     f"{summary(model, means)}, lr {lr:.2e}, {seconds:.0f}s"
                 )
                 run.epoch, run.epoch_step = run.epoch + 1, 0
+                evals.after_epoch(run, model)  # when due: FID/KID, best.pt
                 save_last(run, model)
                 save_epoch(run, model)
             if window.steps:  # steps since the last log: record them too (e.g. a Ctrl-C)
@@ -128,7 +137,7 @@ def train(
                 )
             result.interrupted = stop.requested
         save_last(run, model)
-        write_samples(run, model)
+        health.on_samples(write_samples(run, model))
         if run.dist.enabled:
             prints = gather_objects(weights_fingerprint(model.networks()), run.dist)
             result.ranks_in_sync = all(p == prints[0] for p in prints)
@@ -138,6 +147,7 @@ def train(
             )
         run.tracker.finish()
         result.step, result.epoch = run.step, run.epoch
+        health.raise_if_stopped()  # --stop-on-alarm: last.pt is saved, exit with the reason
         return result
     finally:
         run.close()

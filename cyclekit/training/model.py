@@ -38,6 +38,15 @@ Members a model provides:
     direction ``a2b``/``b2a``).
 ``specs: dict[str, dict]``
     Constructor specs of the generators, saved in every checkpoint.
+
+Optional (health alarms that need them are skipped without; see
+:mod:`cyclekit.training.health`):
+
+``discriminators() -> dict[str, nn.Module]``
+    Direction (``a2b``/``b2a``) -> the discriminator judging that direction's translations.
+``adversarial_losses() -> dict[str, tuple[str, str, float]]``
+    Direction -> (its discriminator's loss name, its generator's adversarial loss name, the
+    weight that loss is logged with).
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from cyclekit.training.distributed import (
     init_distributed,
     shutdown,
 )
+from cyclekit.training.health import NanWatch, check_finite
 from cyclekit.training.model import TrainModel, build_model
 from cyclekit.training.prepare import (
     check_distributed_config,
@@ -80,6 +81,10 @@ class Run:
     wandb_id: str | None = None
     sampled_at: int = -1
     deadline: float | None = None
+    nan_watch: NanWatch = field(default_factory=NanWatch)
+    saved_step: int | None = None  # the step of the last.pt on disk (a good state)
+    # The best evaluation so far (see cyclekit.training.evaluation), kept in last.pt.
+    best: dict[str, Any] | None = None
 
     @property
     def main(self) -> bool:
@@ -242,6 +247,8 @@ def build_trained_model(run: Run, state: dict[str, Any] | None) -> TrainModel:
                 run.steps_per_epoch - 1, round(run.epoch_step * run.steps_per_epoch / saved_spe)
             )
         run.wandb_id = state.get("wandb_run_id")
+        run.saved_step = state["step"]
+        run.best = state.get("best")  # absent in checkpoints from before evaluation
         run.log(f"resuming {run.resume_path} at step {run.step} (epoch {run.epoch + 1})")
     if run.dist.enabled:
         # Wrap after loading: checkpoints hold the plain modules' keys.
@@ -315,8 +322,10 @@ def summary(model: TrainModel, means: dict[str, float]) -> str:
 def save_last(run: Run, model: TrainModel) -> None:
     """``last.pt`` (everything, every rank's pools and RNGs) and the generators for translate.
 
-    Every rank must call it (the gather); rank 0 writes.
+    Every rank must call it (the gather); rank 0 writes. A NaN or infinite loss since the
+    start (or non-finite weights) stops the run here instead: a broken state is never saved.
     """
+    check_finite(run, model)
     ranks = gather_objects(model.rank_state(), run.dist)
     if not run.main:
         return
@@ -324,8 +333,9 @@ def save_last(run: Run, model: TrainModel) -> None:
     schedule = {"steps_per_epoch": run.steps_per_epoch, "lr": first_opt.param_groups[0]["lr"]}
     save_train_state(
         run.run_dir / "last.pt", model, schedule, run.scaler, run.config, model.specs, run.step,
-        run.epoch, run.epoch_step, run.tracker.run_id, ranks,
+        run.epoch, run.epoch_step, run.tracker.run_id, ranks, {"best": run.best},
     )  # fmt: skip
+    run.saved_step = run.step
     for name, (net, spec, direction) in model.generators().items():
         meta = {"run": run.cfg.name, "step": run.step}
         save_generator(run.run_dir / f"{name}.pt", net, spec, direction, meta)
@@ -338,15 +348,17 @@ def save_epoch(run: Run, model: TrainModel) -> None:
         atomic_save(models_payload(model, run.config, model.specs), path)
 
 
-def write_samples(run: Run, model: TrainModel) -> None:
-    """The sample grid for this step (once per step), also sent to the tracker."""
+def write_samples(run: Run, model: TrainModel) -> dict[str, torch.Tensor] | None:
+    """The sample grid for this step (once per step), also sent to the tracker; returns its
+    images (None when there are none or they were made at this step already)."""
     if run.samples is None or run.sampled_at == run.step:
-        return
+        return None
     run.sampled_at = run.step
     real_a, real_b = (t.to(run.device) for t in run.samples)
     images = model.sample(real_a, real_b, run.autocast)
     path = save_sample_grid(images, run.run_dir / "samples" / f"step_{run.step:08d}.png")
     run.tracker.log_images({"samples": path}, run.step)
+    return images
 
 
 def reached_limit(run: Run) -> bool:

@@ -44,8 +44,10 @@ def save_train_state(
     epoch_step: int,
     wandb_run_id: str | None,
     rank_states: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``last.pt`` atomically: nets, optimisers, schedulers, pools, RNGs, position.
+    """Write ``last.pt`` atomically: nets, optimisers, schedulers, pools, RNGs, position, and
+    ``extra`` (weights_only-safe values, e.g. the best evaluation so far).
 
     Data order needs no saved state: it is a pure function of (seed, epoch, epoch_step).
     """
@@ -64,6 +66,7 @@ def save_train_state(
         "epoch": epoch,
         "epoch_step": epoch_step,
         "wandb_run_id": wandb_run_id,
+        **(extra or {}),
     }
     return atomic_save(payload, path)
 

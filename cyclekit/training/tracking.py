@@ -36,6 +36,8 @@ class Tracker(Protocol):
 
     def log_images(self, images: dict[str, str | os.PathLike], step: int) -> None: ...
 
+    def alert(self, title: str, text: str, every_s: float) -> None: ...
+
     def finish(self) -> None: ...
 
 
@@ -48,6 +50,9 @@ class NullTracker:
         pass
 
     def log_images(self, images: dict[str, str | os.PathLike], step: int) -> None:
+        pass
+
+    def alert(self, title: str, text: str, every_s: float) -> None:
         pass
 
     def finish(self) -> None:
@@ -201,6 +206,7 @@ class WandbTracker:
             settings=settings,
         )
         self.run_id = self.run.id
+        self.mode = mode
         self._broken = False
         if mode == "offline":
             # run.dir is <run folder>/wandb/offline-run-*/files; sync takes the folder above.
@@ -224,6 +230,17 @@ class WandbTracker:
             self.run.log({k: self._wandb.Image(str(v)) for k, v in images.items()}, step=step)
 
         self._call("image log", log)
+
+    def alert(self, title: str, text: str, every_s: float) -> None:
+        """A W&B alert (e-mail/Slack, as the user set up in W&B), online runs only; W&B itself
+        drops repeats of one title within ``every_s`` seconds."""
+        if getattr(self, "mode", None) != "online":
+            return
+        level = self._wandb.AlertLevel.WARN
+        self._call(
+            "alert", lambda: self.run.alert(title=title[:63], text=text, level=level,
+                                            wait_duration=every_s)
+        )  # fmt: skip
 
     def finish(self) -> None:
         # Once broken, finishing is still worth a try (it flushes what was logged), but quietly.
