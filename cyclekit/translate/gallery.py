@@ -185,8 +185,8 @@ def _text(value: object) -> str:
 
 
 def _row(entry: Mapping[str, Any], page_dir: str, thumbs: Path) -> list[Any]:
-    """One entry as the page reads it:
-    [status, input as given, input link, output link, reason, input thumb, output thumb]."""
+    """One entry as the page reads it: [status, input as given, input link, output link,
+    reason, input thumb, output thumb, 1 for a video (its thumbs are poster frames) else 0]."""
     src = str(entry["input"])
     src_abs = os.path.abspath(src)
     out = entry.get("output")
@@ -200,6 +200,7 @@ def _row(entry: Mapping[str, Any], page_dir: str, thumbs: Path) -> list[Any]:
         # A failed input may still decode (the model failed, or its output name was taken).
         _thumbnail(src_abs, thumbs),
         _thumbnail(out_abs, thumbs) if out_abs else "",
+        1 if entry.get("kind") == "video" else 0,
     ]
 
 
@@ -462,6 +463,10 @@ const thumbs = new IntersectionObserver((seen) => {
   report();
 }, { rootMargin: "200px 0px" });
 
+function thumbUrl(href, thumb) {
+  return thumb === "=" ? href : CONFIG.dir + "thumbs/" + thumb.slice(0, 2) + "/" + thumb + ".jpg";
+}
+
 function cell(href, thumb, label) {
   if (!href) return noPreview("no " + label);
   const a = document.createElement("a");
@@ -473,8 +478,7 @@ function cell(href, thumb, label) {
   const img = document.createElement("img");
   img.alt = label;
   img.loading = "lazy";
-  img.dataset.src = thumb === "=" ? href
-    : CONFIG.dir + "thumbs/" + thumb.slice(0, 2) + "/" + thumb + ".jpg";
+  img.dataset.src = thumbUrl(href, thumb);
   thumbs.observe(img);
   a.append(img);
   return a;
@@ -555,11 +559,14 @@ $("only-failed").addEventListener("change", (e) => {
 let current = -1, opener = null;
 function openViewer(i) {
   if (viewer.hidden) opener = document.activeElement;  // focus goes back there on close
-  const [status, input, inHref, outHref, reason] = view.rows[i];
+  const [status, input, inHref, outHref, reason, inThumb, outThumb, video] = view.rows[i];
   current = i;
-  $("full-in").src = inHref;
-  $("full-out").hidden = !outHref;
-  if (outHref) $("full-out").src = outHref; else $("full-out").removeAttribute("src");
+  // A video is shown by its poster frames; the links below open the videos themselves.
+  const inSrc = video ? (inThumb && thumbUrl(inHref, inThumb)) : inHref;
+  const outSrc = video ? (outThumb && thumbUrl(outHref, outThumb)) : outHref;
+  if (inSrc) $("full-in").src = inSrc; else $("full-in").removeAttribute("src");
+  $("full-out").hidden = !outSrc;
+  if (outSrc) $("full-out").src = outSrc; else $("full-out").removeAttribute("src");
   $("open-in").href = inHref;
   $("open-out").hidden = !outHref;
   $("open-out").href = outHref;

@@ -240,6 +240,38 @@ class _VideoSource:
             return round(self.container.duration / 1e6 * float(self.rate))
         return None
 
+    def check_complete(self, frames: int, last_pts: int | None) -> None:
+        """Raise :class:`VideoError` when fewer frames came out than the file announces: FFmpeg
+        stops quietly at the end of a truncated file. 2% and two frames of slack: an edit list
+        may hide a few frames, and the stated duration is rounded."""
+        step = 1 / float(self.rate) if self.rate else 0.04
+        if self.declared and frames < self.declared - 2 - 0.02 * self.declared:
+            raise VideoError(
+                f"truncated or damaged: {frames} of its {self.declared} frames could be decoded"
+            )
+        end = self._stated_end()
+        if end is None or last_pts is None:
+            return
+        got = float(last_pts * self.time_base) + step
+        if got < end - 2 * step - 0.02 * end:
+            raise VideoError(
+                f"truncated or damaged: its video ends at {got:.2f} s of the {end:.2f} s "
+                f"it announces ({frames} frames decoded)"
+            )
+
+    def _stated_end(self) -> float | None:
+        """The end of the video stream the file states, in seconds (not the audio's end)."""
+        s = self.stream
+        start = float((s.start_time or 0) * self.time_base)
+        if s.duration:
+            return start + float(s.duration * self.time_base)
+        tag = s.metadata.get("DURATION", "")  # Matroska: per track, HH:MM:SS.nnnnnnnnn
+        if m := re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", tag):
+            return start + int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+        if not self.audio and self.container.duration:
+            return self.container.duration / 1e6
+        return None
+
     def items(self) -> Iterator[_Frame | Any]:
         """Frames (decoded, as stored) and audio packets, in file order."""
         av = require_av()
@@ -299,6 +331,9 @@ class _SequenceSource:
 
     def estimate(self) -> int:
         return len(self.files)
+
+    def check_complete(self, frames: int, last_pts: int | None) -> None:
+        pass  # every file was decoded, or the clip failed
 
     def items(self) -> Iterator[_Frame]:
         from cyclekit.data.images import ImageDecodeError, decode_image
@@ -689,6 +724,7 @@ def translate_clip(
                 emit(batcher.add(index, pad_image(np.ascontiguousarray(inp), padded)))
                 index += 1
             emit(batcher.flush())
+            source.check_complete(index, last_pts)
             for p in held:
                 if sink is not None and sink.audio:
                     sink.packet(p)
