@@ -157,3 +157,35 @@ def test_skip_existing_and_never_replacing_a_users_file(tmp_path: Path, gen: Pat
     r = translate_with(clip, other, gen)
     assert r.exit_code == 1 and "not written by cyclekit translate" in r.output
     assert (other / "c.mp4").read_bytes() == b"my own film"
+
+
+@pytest.mark.parametrize("nc", [(1, 1), (1, 3), (3, 1)])
+def test_grey_generators(tmp_path: Path, nc: tuple[int, int]) -> None:
+    from tests.test_translate_common import make_generator
+
+    gen = make_generator(tmp_path / "g.pt", nc=nc)
+    clip = make_clip(tmp_path / "c.mp4", n=3, audio=None)
+    r = translate_with(clip, tmp_path / "out", gen)
+    assert r.exit_code == 0, r.output
+    frames = read_clip(tmp_path / "out" / "c.mp4")["frames"]
+    assert len(frames) == 3 and frames[0].shape == (24, 32, 3)
+    if nc[1] == 1:  # a grey result: the three channels agree (up to chroma rounding)
+        assert np.abs(frames[1].astype(int) - frames[1][:, :, :1]).max() <= 3
+
+
+def test_cli_lists_match_the_engine_and_the_extra_is_declared() -> None:
+    import tomllib
+
+    import cyclekit.cli.translate as cli_translate
+    from cyclekit.translate.temporal import TEMPORAL_MODES
+    from cyclekit.translate.video import CODECS, NEEDS_AV, VideoOptions
+
+    assert cli_translate.VIDEO_CODECS == list(CODECS)
+    assert tuple(cli_translate.TEMPORAL) == TEMPORAL_MODES
+    assert cli_translate.DEFAULT_TEMPORAL == VideoOptions().temporal
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(d.startswith("av") for d in extras["video"]) and "cyclekit[video]" in NEEDS_AV
+    assert any(d.startswith("av") for d in extras["dev"])

@@ -403,6 +403,7 @@ class _VideoSink:
         first: _Frame,
         size: tuple[int, int],
         rotation: int,
+        channels: int,
     ) -> None:
         av = require_av()
         self.av = av
@@ -426,7 +427,7 @@ class _VideoSink:
         if rotation:
             vs.set_display_rotation(rotation)
         self.vs = vs
-        self.fmt = "rgb24" if first.pixels.shape[2] == 3 else "gray"
+        self.fmt = "rgb24" if channels == 3 else "gray"  # the generator's output
         self.audio: dict[int, Any] = {}
         for s in source.audio:
             if s.codec_context.name not in self.out.supported_codecs:
@@ -626,7 +627,9 @@ def translate_clip(
 
             tmp = stack.enter_context(atomic_path(dst, suffix=PARTIAL_SUFFIX))
             try:
-                sink = _VideoSink(tmp, dst, vo, source, first, stored_hw, rotation)
+                sink = _VideoSink(
+                    tmp, dst, vo, source, first, stored_hw, rotation, ctx.spec["output_nc"]
+                )
             except av_error as e:
                 raise VideoError(f"cannot write {dst} ({_why(e)})") from None
             stack.push(lambda *exc: sink.abandon() if exc[0] is not None else None)
@@ -730,8 +733,8 @@ def translate_clip(
                     sink.packet(p)
             if sink is not None:
                 sink.finish()
-        except av_error as e:
-            raise VideoError(f"cannot encode it ({_why(e)})") from None
+        except av_error as e:  # the encoder or the muxer (e.g. an audio codec it refuses)
+            raise VideoError(f"cannot write {dst} ({_why(e)})") from None
         if frames is not None:
             frames.commit()
     if sink is not None and ctx.thumbs is not None and poster[0] is not None:
