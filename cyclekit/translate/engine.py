@@ -51,12 +51,10 @@ from cyclekit.translate.video import (
     ClipContext,
     VideoError,
     VideoOptions,
-    encoder_for,
+    check_support,
     frames_folder,
     frames_folder_state,
-    is_video_file,
-    posters_from_files,
-    require_av,
+    is_clip,
     translate_clip,
 )
 
@@ -413,7 +411,7 @@ def translate_paths(
     check_output_dir(inputs, opts.output_dir)
     if vo.frames_dir is not None:
         check_output_dir(inputs, vo.frames_dir, "--frames")
-    _check_video_support(inputs, vo)
+    check_support(inputs, vo)
     # Listed up to the first input only: a missing or empty INPUT is an error before
     # anything is written, and a huge folder starts at once.
     problems, plan = _first_job(iter_plan(inputs, opts.output_dir, opts.fmt, vo.codec, vo.sequence))
@@ -559,7 +557,7 @@ def translate_paths(
                 report.record(item.source, "failed", reason=item.reason)
                 continue
             started = time.perf_counter()
-            clip = _is_clip(item, vo)
+            clip = is_clip(item, vo)
             if clip:
                 exists, why = clip_exists(item)
             else:
@@ -570,6 +568,8 @@ def translate_paths(
             elif exists and opts.skip_existing:
                 extra = {"kind": "video"} if clip else {}
                 if clip and clips.thumbs is not None and vo.write_video:
+                    from cyclekit.translate.video_io import posters_from_files
+
                     posters_from_files(clips.thumbs, item.src, item.dst, spec["input_nc"])
                 report.record(item.src, "skipped", item.dst, reason="output exists", **extra)
             else:
@@ -605,23 +605,6 @@ def translate_paths(
     return report
 
 
-def _is_clip(job: Job, vo: VideoOptions) -> bool:
-    # (A folder is a job only with --sequence: no stat call per image otherwise.)
-    return is_video_file(job.src) or (vo.sequence and job.src.is_dir())
-
-
-def _check_video_support(inputs: Sequence[str], vo: VideoOptions) -> None:
-    """Before anything is written: PyAV and the --codec encoder, when a video is asked for
-    (a video found by a glob without PyAV fails on its own line instead)."""
-    videos = [a for a in inputs if is_video_file(a) and os.path.isfile(a)]
-    if not (videos or vo.sequence):
-        return
-    try:
-        encoder_for(vo.codec) if vo.write_video else require_av()
-    except VideoError as e:
-        raise TranslateError(f"{videos[0] if videos else '--sequence'}: {e}") from None
-
-
 def _prefetch(
     pool: ThreadPoolExecutor, jobs: Iterable[Job], spec: dict[str, Any], opts: TranslateOptions
 ) -> Iterator[tuple[Job, Prepared | Exception | None]]:
@@ -632,7 +615,7 @@ def _prefetch(
     it = iter(jobs)
     while True:
         while len(queue) < window and (job := next(it, None)) is not None:
-            if _is_clip(job, opts.video):
+            if is_clip(job, opts.video):
                 queue.append((job, None))
                 continue
             args = (job, spec, opts.resize, opts.max_size, opts.keep_resized)

@@ -20,6 +20,7 @@ same number on the input clip is what a perfectly stable translation would show)
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -156,13 +157,17 @@ def _flow_pair(a: np.ndarray, b: np.ndarray, preset: int | None = None) -> np.nd
     return dis.calc(a, b, None)
 
 
+@functools.lru_cache(maxsize=4)
+def _grid(h: int, w: int) -> np.ndarray:
+    return np.mgrid[0:h, 0:w].astype(np.float32)  # (a clip has one or two frame sizes)
+
+
 def _warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """``img`` (H, W, C) sampled at x + flow(x): the previous frame moved onto this one."""
     import cv2
 
-    h, w = flow.shape[:2]
-    grid = np.mgrid[0:h, 0:w].astype(np.float32)
-    mx, my = grid[1] + flow[..., 0], grid[0] + flow[..., 1]
+    gy, gx = _grid(*flow.shape[:2])
+    mx, my = gx + flow[..., 0], gy + flow[..., 1]
     out = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(img.shape)
 
