@@ -478,7 +478,10 @@ def translate_paths(
             seconds = round(prep.seconds + model_seconds + extra.pop("seconds"), 4)
             if prep.warnings:
                 extra["warnings"] = list(prep.warnings)
-            report.record(prep.job.src, "done", prep.job.dst, seconds=seconds, **extra)
+            model = round(model_seconds, 4)  # the rest of `seconds` is decoding and encoding
+            report.record(
+                prep.job.src, "done", prep.job.dst, seconds=seconds, model_seconds=model, **extra
+            )
 
     def note(dst: Path) -> None:
         rel = dst.relative_to(opts.output_dir).as_posix()
