@@ -76,11 +76,18 @@ def test_identity_generator_with_a_confident_discriminator_fires_does_nothing():
     x, real_b = smooth_images(offset=-0.4), smooth_images(seed=1, offset=0.4)
     s = sample_signals(x, x, brightness_d(real_b), brightness_d(x))
     assert s.change == 0 and s.d_auc == pytest.approx(1.0)
-    assert alarms_after_two_checks(s) == {"nothing"}
+    assert alarms_after_two_checks(s) == {"nothing"}  # judged by the sample AUC
     # Doing nothing is right when D cannot tell the domains apart either: no alarm.
     alike = smooth_images(seed=2, offset=-0.4)
-    s = sample_signals(x, x, brightness_d(alike), brightness_d(x))
-    assert 0.2 < s.d_auc < 0.8 and alarms_after_two_checks(s) == set()
+    s_alike = sample_signals(x, x, brightness_d(alike), brightness_d(x))
+    assert 0.2 < s_alike.d_auc < 0.8 and alarms_after_two_checks(s_alike) == set()
+    # With D's training loss at hand, it decides (it measures D where D was trained).
+    for d_loss, fires in ((0.01, True), (0.2, False)):
+        j = judge(log_every=100)
+        j.losses(100, {"D_b": d_loss, "G_ab": 0.9})
+        found = j.samples(100, "a2b", s) + j.samples(200, "a2b", s)
+        assert [a.kind for a in found] == (["nothing"] if fires else []), d_loss
+        assert not fires or "its loss is 0.04x its chance level" in found[0].message
 
 
 def test_constant_generator_fires_collapse():
@@ -219,7 +226,8 @@ def test_identity_generator_and_confident_discriminator_warn_does_nothing(
 ):
     def change(m):
         m.G_ab.forward = lambda x: x
-        m.D_b.forward = brightness_d  # an over-strong D: tells bright B from dark A at once
+        # An over-strong D: tells bright B from dark A at once, and is sure of it.
+        m.D_b.forward = lambda x: torch.sigmoid(20 * brightness_d(x))
 
     patched_cyclegan(monkeypatch, change)
     data = health_data(tmp_path / "data")

@@ -151,7 +151,8 @@ def test_direction_scores_equal_score_translations():
     stats = feature_stats(reals)
     nothing = evaluation._nothing_scores(features.extract(inputs, ext), reals, stats, 100)
     held = evaluation.HeldOut(inputs, reals, stats, nothing)
-    assert evaluation.direction_scores(held, fakes, ext, 4, 100) == score_translations(
+    fake_features = features.extract(fakes, ext)
+    assert evaluation.direction_scores(held, fakes, fake_features, 100) == score_translations(
         inputs, fakes, reals, ext, kid_subsets=100, batch_size=4
     )
 

@@ -27,7 +27,9 @@ warning; an ``--eval-every`` the user gave fails at the start instead, before an
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,14 +72,13 @@ class HeldOut:
 
 
 def direction_scores(
-    held: HeldOut, fakes: np.ndarray, extractor: Extractor, batch_size: int, kid_subsets: int
+    held: HeldOut, fakes: np.ndarray, fake_features: np.ndarray, kid_subsets: int
 ) -> dict[str, Any]:
     """What :func:`cyclekit.evaluate.run.score_translations` returns for ``held.inputs`` and
-    their translations ``fakes``, reusing the real images' features (a test keeps them equal)."""
-    from cyclekit.evaluate.features import extract
+    their translations ``fakes`` (whose features are given), reusing the real images' features
+    and the scores of doing nothing (a test keeps the two equal)."""
     from cyclekit.evaluate.metrics import fid, kid, ssim
 
-    fake_features = extract(fakes, extractor, batch_size)
     k = kid(fake_features, held.real_features, subsets=kid_subsets)
     ssims = ssim(held.inputs, fakes)
     return {
@@ -89,6 +90,12 @@ def direction_scores(
         "ssim_std": float(ssims.std()),
         "doing_nothing": held.nothing,
     }
+
+
+def _batches(images: np.ndarray, size: int, bar: Any) -> Iterator[np.ndarray]:
+    for i in range(0, len(images), size):
+        yield images[i : i + size]
+        bar.update(len(images[i : i + size]))
 
 
 def _nothing_scores(
@@ -143,6 +150,7 @@ class TrainEval:
     held: dict[str, HeldOut] = field(default_factory=dict)
     batch_size: int = 8
     counts: dict[str, int] = field(default_factory=dict)  # images per domain
+    progress: bool = False
     postfix: str = ""  # the latest score, for the progress bar
 
     @property
@@ -165,11 +173,11 @@ class TrainEval:
     def after_epoch(self, run: Run, model: TrainModel) -> None:
         """Evaluate (rank 0) when due, log it, keep best.pt. Called after ``run.epoch`` moved
         on, before last.pt is saved (which then holds the new best)."""
-        from cyclekit.training.health import _weights_finite
+        from cyclekit.training.health import weights_finite
 
         if not run.main or not self.due(run.epoch, run.cfg.total_epochs):
             return
-        if run.nan_watch.first_bad() is not None or not _weights_finite(model):
+        if run.nan_watch.first_bad() is not None or not weights_finite(model):
             return  # save_last, next, stops the run and says why
         start = time.perf_counter()
         saved = rng_state()
@@ -182,6 +190,8 @@ class TrainEval:
 
     def score(self, model: TrainModel, device: torch.device) -> dict[str, dict[str, Any]]:
         """Each direction's scores for the generators as they are now."""
+        from tqdm import tqdm
+
         from cyclekit.evaluate.metrics import KID_SUBSETS
         from cyclekit.evaluate.run import Translator
 
@@ -192,18 +202,21 @@ class TrainEval:
             if held is None:
                 continue
             was_training = net.training
+            bar = tqdm(
+                total=len(held.inputs), desc=f"eval {direction}", unit="img", leave=False,
+                disable=not self.progress,
+            )  # fmt: skip
             try:
                 translate = Translator(net, spec, device, "fp32")  # puts net in eval mode
-                fakes = np.concatenate(
-                    [
-                        translate(held.inputs[i : i + self.batch_size])
-                        for i in range(0, len(held.inputs), self.batch_size)
-                    ]
-                )
+                fakes, feats = [], []
+                for batch in _batches(held.inputs, self.batch_size, bar):
+                    fakes.append(translate(batch))
+                    feats.append(self.extractor(fakes[-1]))
             finally:
                 net.train(was_training)
+                bar.close()
             results[direction] = direction_scores(
-                held, fakes, self.extractor, self.batch_size, KID_SUBSETS
+                held, np.concatenate(fakes), np.concatenate(feats), KID_SUBSETS
             )
         return results
 
@@ -228,31 +241,35 @@ class TrainEval:
             parts.append(
                 f"{d} KIDx100 {100 * s['kid_mean']:.2f} ± {100 * s['kid_std']:.2f} "
                 f"(doing nothing {100 * n['kid_mean']:.2f}), FID {s['fid']:.1f} "
-                f"(doing nothing {n['fid']:.1f}), SSIM {s['ssim_mean']:.3f}"
+                f"({n['fid']:.1f}), SSIM {s['ssim_mean']:.3f}"
             )
         best = run.best
-        improved = best is None or value < best["value"]
+        # A score that is not a number never becomes the best (nor blocks a real one).
+        improved = math.isfinite(value) and (best is None or not value >= best["value"])
         if improved:
             run.best = {**self.identity(), "value": value, "step": run.step, "epoch": run.epoch}
             save_best(run, model)
-        assert run.best is not None
-        record |= {
-            "eval/score": value, "eval/best": run.best["value"],
-            "eval/best_step": float(run.best["step"]), "eval/seconds": seconds,
-        }  # fmt: skip
+        record |= {"eval/score": value, "eval/seconds": seconds}
+        if run.best is not None:
+            record |= {"eval/best": run.best["value"], "eval/best_step": float(run.best["step"])}
         run.tracker.log(record, run.step)
-        shown = lambda v: f"{100 * v:.2f} (KIDx100)" if self.metric == "kid" else f"{v:.1f} (FID)"  # noqa: E731
-        self.postfix = f" {self.metric} {100 * value if self.metric == 'kid' else value:.2f}"
-        best_text = (
-            f"new best {shown(value)} -> {run.run_dir / BEST_FILE}"
-            if improved
-            else f"best {shown(run.best['value'])} at step {run.best['step']}"
-        )
+        self.postfix = " " + _shown(self.metric, value)
+        if improved:
+            best_text = f"new best {_shown(self.metric, value)} -> {run.run_dir / BEST_FILE}"
+        elif run.best is None:
+            best_text = "no best yet (the score is not a number)"
+        else:
+            best_text = f"best {_shown(self.metric, run.best['value'])} at step {run.best['step']}"
         run.log(
             f"eval at epoch {run.epoch}, step {run.step} ({seconds:.1f}s): "
             + "; ".join(parts)
             + f"; {best_text}"
         )
+
+
+def _shown(metric: str, value: float) -> str:
+    # KID x100, as CycleGAN-family papers and `cyclekit eval` print it.
+    return f"KIDx100 {100 * value:.2f}" if metric == "kid" else f"FID {value:.1f}"
 
 
 def save_best(run: Run, model: TrainModel) -> None:
@@ -320,9 +337,12 @@ def _prepare(run: Run, every: int, progress: bool) -> TrainEval:
     batch = 16 if run.device.type == "cuda" else 8
     images, feats = {}, {}
     for name, (paths, folder) in found.items():
-        bar = tqdm(paths, desc=f"eval set: {folder}", unit="img", leave=False, disable=not progress)
-        images[name] = np.stack([load_resized(p, DEFAULT_SIZE) for p in bar])
-        feats[name] = features.extract(images[name], extractor, batch)
+        images[name] = np.stack([load_resized(p, DEFAULT_SIZE) for p in paths])
+        with tqdm(
+            total=len(paths), desc=f"eval set: {folder}", unit="img", leave=False,
+            disable=not progress,
+        ) as bar:  # fmt: skip
+            feats[name] = np.concatenate([extractor(b) for b in _batches(images[name], batch, bar)])
     held = {}
     for d in ("a2b",) if cfg.one_sided else ("a2b", "b2a"):
         src, dst = _DOMAINS[d]
@@ -339,4 +359,4 @@ def _prepare(run: Run, every: int, progress: bool) -> TrainEval:
         f"{counts['A']} A / {counts['B']} B test images ({', '.join(sorted(held))}), "
         f"{DEFAULT_SIZE} px, features: {extractor.protocol()['feature_extractor']}"
     )
-    return TrainEval(every, cfg.eval_metric, extractor, held, batch, counts)
+    return TrainEval(every, cfg.eval_metric, extractor, held, batch, counts, progress)
