@@ -4,6 +4,24 @@ shift-invariant again", 2019), numerically equal to the official CUT layers.
 Both layers hold their fixed binomial blur as a buffer named ``filt`` (one copy per channel,
 shape ``(C, 1, k, k)``): the official code saves it in ``latest_net_G.pth``, so keeping the
 name and shape is what lets those files load with ``strict=True``.
+
+Under bf16/fp16 (autocast on a CPU with native bf16 is the default) three of the official ops
+are an order of magnitude slower than they need be on a CPU: a depthwise convolution's
+backward pass and a depthwise transposed convolution (oneDNN has no fast reduced-precision
+path for either: ~90 ms where a plain depthwise convolution over the same pixels takes ~10),
+and the reflection pad, which autocast runs in float32 (two extra copies each way). So in
+reduced precision these layers compute the same linear maps with the fast op only:
+
+* a transposed convolution with stride s and padding p is a stride-1 convolution, with the
+  spatially flipped filter and padding k - 1 - p, of the input with s - 1 zeros inserted
+  between its pixels (:func:`zero_insert`);
+* the backward pass of a stride-s convolution (its adjoint) is that transposed convolution,
+  and the backward pass of a transposed convolution is the stride-s convolution;
+* the pad runs in the reduced dtype (it only copies pixels, so the values are the same).
+
+The forward values equal the official layer's (the same products summed in float32 and rounded
+once to the output dtype, up to summation order); float32 and wider inputs, TorchScript
+(translate's export) and other filter sizes run the official ops unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +53,98 @@ def _pad_layer(pad_type: str, sizes: int | tuple[int, int, int, int]) -> nn.Modu
     return PADS[pad_type](sizes)
 
 
+# Dtypes that take the fast forms (a test adds float32 to check them against the official ops).
+_FAST_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@torch.jit.unused
+def _eager_out_dtype(x: torch.Tensor) -> torch.dtype:
+    # What the official convolution returns: the autocast dtype under autocast.
+    kind = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
+
+
+def zero_insert(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, (H-1)*s+1, (W-1)*s+1): x at every s-th pixel, zeros between."""
+    n, c, h, w = x.shape
+    out = x.new_zeros(n, c, (h - 1) * stride + 1, (w - 1) * stride + 1)
+    out[:, :, ::stride, ::stride] = x
+    return out
+
+
+def _transposed(x: torch.Tensor, filt: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """``F.conv_transpose2d(x, filt, stride=stride, padding=padding, groups=C)`` for a depthwise
+    ``filt`` and ``padding <= k - 1``, computed as a stride-1 convolution (see module notes)."""
+    k = filt.shape[-1]
+    return F.conv2d(
+        zero_insert(x, stride), filt.flip(-2, -1), padding=k - 1 - padding, groups=x.shape[1]
+    )
+
+
+class _StridedBlur(torch.autograd.Function):
+    """Depthwise ``conv2d(x, filt, stride)``; backward = its transposed convolution."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, filt: torch.Tensor, stride: int) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(filt)
+        ctx.stride, ctx.size = stride, x.shape[-2:]
+        return F.conv2d(x, filt, stride=stride, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+        (filt,) = ctx.saved_tensors
+        gx = _transposed(grad, filt, ctx.stride, 0)
+        # Input rows/columns past the last window got no weight: zero gradient.
+        h, w = ctx.size
+        return F.pad(gx, (0, w - gx.shape[-1], 0, h - gx.shape[-2])), None, None
+
+
+class _TransposedBlur(torch.autograd.Function):
+    """Depthwise ``conv_transpose2d(x, filt, stride, padding)``; backward = the strided
+    convolution with the same stride and padding (its adjoint)."""
+
+    @staticmethod
+    def forward(  # noqa: ANN001
+        ctx, x: torch.Tensor, filt: torch.Tensor, stride: int, padding: int
+    ) -> torch.Tensor:
+        ctx.save_for_backward(filt)
+        ctx.stride, ctx.padding = stride, padding
+        return _transposed(x, filt, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # noqa: ANN001
+        (filt,) = ctx.saved_tensors
+        gx = F.conv2d(grad, filt, stride=ctx.stride, padding=ctx.padding, groups=grad.shape[1])
+        return gx, None, None, None
+
+
+@torch.jit.unused
+def _reduced_down(layer: Downsample, x: torch.Tensor) -> torch.Tensor | None:
+    dtype = _eager_out_dtype(x)
+    if dtype not in _FAST_DTYPES:
+        return None
+    with torch.autocast(x.device.type, enabled=False):
+        xp = layer.pad(x.to(dtype))
+        return _StridedBlur.apply(xp, layer.filt.to(dtype), layer.stride)
+
+
+@torch.jit.unused
+def _reduced_up(layer: Upsample, x: torch.Tensor) -> torch.Tensor | None:
+    dtype = _eager_out_dtype(x)
+    # The official padding 1 + (k-1)//2, plus the crop of 1 on each side for an even filter
+    # folded into it; the stride-1 form needs padding <= k - 1.
+    even = layer.filt_size % 2 == 0
+    padding = 1 + (layer.filt_size - 1) // 2 + int(even)
+    if dtype not in _FAST_DTYPES or padding > layer.filt_size - 1:
+        return None
+    with torch.autocast(x.device.type, enabled=False):
+        xp = layer.pad(x.to(dtype))
+        y = _TransposedBlur.apply(xp, layer.filt.to(dtype), layer.stride, padding)
+    return y if even else y[:, :, 1:, 1:]
+
+
 class Downsample(nn.Module):
     """Blur then keep every second pixel: (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2)).
 
@@ -54,6 +164,10 @@ class Downsample(nn.Module):
         self.register_buffer("filt", kernel[None, None].repeat(channels, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            y = _reduced_down(self, x)
+            if y is not None:
+                return y
         return F.conv2d(self.pad(x), self.filt, stride=self.stride, groups=x.shape[1])
 
     def extra_repr(self) -> str:
@@ -78,6 +192,10 @@ class Upsample(nn.Module):
         self.register_buffer("filt", kernel[None, None].repeat(channels, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            y = _reduced_up(self, x)
+            if y is not None:
+                return y
         half = (self.filt_size - 1) // 2
         y = F.conv_transpose2d(
             self.pad(x), self.filt, stride=self.stride, padding=1 + half, groups=x.shape[1]

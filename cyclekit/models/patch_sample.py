@@ -141,8 +141,8 @@ class PatchSampleMLP(nn.Module):
             raise ValueError(f"got {len(patch_ids)} patch id sets for {len(feats)} layers")
         out = []
         for i, (feat, ids) in enumerate(zip(feats, patch_ids, strict=True)):
-            # (N, C, H, W) -> (N, H*W, C), then the chosen positions -> (N * P, C).
-            flat = feat.permute(0, 2, 3, 1).flatten(1, 2)
-            picked = flat[:, ids, :].flatten(0, 1)
+            # (N, C, H*W) -> the chosen positions (N, C, P) -> (N * P, C). Picking before
+            # the transpose copies P columns instead of the whole map (forward and backward).
+            picked = feat.flatten(2)[:, :, ids].transpose(1, 2).flatten(0, 1)
             out.append(l2_normalize(getattr(self, f"mlp_{i}")(picked)))
         return out, list(patch_ids)
