@@ -263,3 +263,62 @@ def test_cli_flags_and_an_old_checkpoint_resumes(tmp_path):
     r = CliRunner().invoke(main, ["train", *resume, "--epochs", "2", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert not (r.exception and not isinstance(r.exception, SystemExit))
+
+
+LAUNCH = """
+import os, sys
+import torch
+from cyclekit.evaluate import features
+from cyclekit.training import model as registry
+from cyclekit.training.cyclegan import build_cyclegan
+
+features.load_inception = lambda *a, **k: features.PixelStatsExtractor()
+if os.environ.get("INVERT_G_AB"):
+    def build(cfg, device, rank):
+        m = build_cyclegan(cfg, device, rank)
+        m.G_ab.forward = lambda x: -x
+        return m
+    registry.BUILDERS["cyclegan"] = build
+from cyclekit.cli import main
+main(sys.argv[1:], prog_name="cyclekit")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
+def test_two_processes_evaluate_on_rank_0_and_stop_together_on_an_alarm(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    data = eval_data(tmp_path / "data", n_test=3)
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCH)
+    ck = tmp_path / "ck"
+
+    def torchrun(*extra: str, invert: bool = False) -> subprocess.CompletedProcess:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+               "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+               str(port), str(script), "train", "--data", str(data), "--name", "ddp",
+               "--checkpoints-dir", str(ck), *TINY_TRAIN_FLAGS, "--wandb-mode", "disabled",
+               "--log-every", "1", *extra]  # fmt: skip
+        env = dict(os.environ, INVERT_G_AB="1" if invert else "")
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    out = torchrun("--eval-every", "1", "--max-steps", "6")  # 5 A / 4 B: 3 steps an epoch
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log
+    assert log.count("eval at epoch") == 2 and "weights identical on all 2 ranks: yes" in log
+    assert safe_load(ck / "ddp" / "best.pt")["best"]["step"] in (3, 6)
+    out = torchrun("--resume", "auto", "--max-steps", "12", "--sample-every", "1",
+                   "--stop-on-alarm", invert=True)  # fmt: skip
+    log = out.stdout + out.stderr
+    assert out.returncode != 0 and "stopped at step 8 by --stop-on-alarm: a2b translations" in log
+    assert safe_load(ck / "ddp" / "last.pt")["step"] == 8  # saved, both ranks left together
