@@ -8,8 +8,8 @@ cameras number them), then runs the real command in a fresh process, as a user w
 
 1. ``cyclekit translate IN -o OUT --checkpoint tiny.pt``: seconds from the process start until
    the first output file exists, per-file time after that, per-file overhead outside the model
-   (per-file time minus the model's own time on one such image, measured in this process the
-   way translate runs it), peak RSS of the process;
+   (per-file time minus the model's time per image, which the run's ``--report`` records),
+   peak RSS of the process;
 2. the same with ``--skip-existing`` and nothing to do: wall time and the summary line;
 3. the same with ``--skip-existing --gallery``: the gallery's cost, the page's size and its
    first-screen time in headless Chromium (when installed).
@@ -80,28 +80,6 @@ def _tiny_generator(path: Path) -> Path:
     return path
 
 
-def _model_ms(checkpoint: Path, repeats: int = 200) -> float:
-    """The generator's own time on one input of the benchmark's size, as translate runs it."""
-    import torch
-
-    from cyclekit.devices import resolve_device, resolve_precision
-    from cyclekit.generator_io import load_generator
-    from cyclekit.translate.tiling import make_runner
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    model, _ = load_generator(checkpoint)
-    device = resolve_device("auto")
-    run = make_runner(model.to(device), device, resolve_precision("auto", device))
-    # Padded to a multiple of 4 as translate does: 64x48 already is.
-    x = torch.rand(1, 3, SIDE[1], SIDE[0]) * 2 - 1
-    for _ in range(20):
-        run(x)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        run(x)
-    return (time.perf_counter() - started) / repeats * 1000
-
-
 def _run(args: list[str], first_output: Path | None = None) -> dict:
     """Run ``cyclekit ARGS`` in a fresh process: wall time, time to ``first_output`` (from the
     process start), peak RSS (from os.wait4 on that child alone), the summary line."""
@@ -145,10 +123,14 @@ def bench_size(n: int, work: Path, checkpoint: Path, gallery: bool) -> dict:
 
     # A fresh process to --help (no torch imported): the part of "first output" that is Python.
     startup = _run(["translate", "--help"])["wall_s"]
-    # The model's own time, just before and after (the machine's speed drifts).
-    model_ms = _model_ms(checkpoint)
-    fresh = _run(base, first)
-    model_ms = (model_ms + _model_ms(checkpoint)) / 2
+    # The model's own time per image comes from the run's report (model_seconds), measured in
+    # the same process at the same moment: the machine's speed drifts between runs.
+    report = folder / "report.jsonl"
+    fresh = _run([*base, "--report", str(report)], first)
+    with open(report) as f:
+        model_s = [json.loads(line).get("model_seconds") for line in f]
+    model_ms = sum(m for m in model_s if m) / max(1, len(model_s)) * 1000
+    report.unlink()
     per_file_ms = (fresh["wall_s"] - (fresh["first_output_s"] or 0)) / max(1, n - 1) * 1000
     result = {
         "files": n,
