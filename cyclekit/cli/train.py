@@ -92,8 +92,9 @@ Examples:
   cyclekit train --config run.yaml --max-steps 10     # flags override the file
 
 The run folder CHECKPOINTS_DIR/NAME holds config.yaml, last.pt (resume state), G_ab.pt and
-G_ba.pt (generators for `cyclekit translate`; G_ab.pt only for cut/fastcut), epoch_XXXX.pt and
-samples/. CUT and FastCUT: cyclekit train --model cut --data datasets/horse2zebra --name h2z_cut""",
+G_ba.pt (generators for `cyclekit translate`; G_ab.pt only for cut/fastcut), epoch_XXXX.pt,
+samples/ and, with --eval-every, best.pt (the generators with the best --eval-metric so far).
+CUT and FastCUT: cyclekit train --model cut --data datasets/horse2zebra --name h2z_cut""",
 )
 @click.option(
     "--config",
