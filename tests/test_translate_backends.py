@@ -1,0 +1,101 @@
+"""The OpenVINO backend of translate: the same pictures as torch, converted once per weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cyclekit.errors import UsageError
+from cyclekit.models import build_generator
+from cyclekit.translate import backends
+from tests.test_translate_common import tiny_spec
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CYCLEKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _generator(seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(seed)
+    spec = tiny_spec()
+    return build_generator(**spec).eval(), spec
+
+
+def _pixels(y: torch.Tensor) -> np.ndarray:
+    return ((y.float().clamp(-1, 1) + 1) * 127.5).round().numpy()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_matches_torch_fp32_at_any_size(precision: str) -> None:
+    model, spec = _generator()
+    run = backends.make_runner(model, spec, torch.device("cpu"), precision, "openvino")
+    reference = backends.make_runner(model, spec, torch.device("cpu"), "fp32", "torch")
+    for shape in ((1, 3, 32, 32), (2, 3, 40, 56)):  # one converted model for every size
+        x = torch.rand(shape) * 2 - 1
+        got, want = _pixels(run(x)), _pixels(reference(x))
+        diff = np.abs(got - want)
+        assert got.shape == want.shape
+        # Issue 15's bar: mean within 1/255, and within 2/255 on 95% of the pixels.
+        assert diff.mean() <= 1.0 and np.quantile(diff, 0.95) <= 2.0, (diff.mean(), diff.max())
+        if precision == "fp32":
+            assert diff.max() <= 1.0
+
+
+def test_conversion_is_cached_by_weights(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    import openvino as ov
+
+    model, spec = _generator()
+    backends.make_runner(model, spec, torch.device("cpu"), "fp32", "openvino")
+    assert len(list(cache.rglob("*.xml"))) == 1 and len(list(cache.rglob("*.bin"))) == 1
+    calls = []
+    real = ov.convert_model
+    monkeypatch.setattr(ov, "convert_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    again = backends.make_runner(model, spec, torch.device("cpu"), "fp32", "openvino")(x)
+    assert calls == []  # read from the cache
+    other, _ = _generator(seed=1)  # other weights: converted anew, never the cached ones
+    y = backends.make_runner(other, spec, torch.device("cpu"), "fp32", "openvino")(x)
+    assert calls == [1] and not torch.allclose(again, y)
+    assert not [p for p in cache.rglob(".*")]  # no temporary files left
+
+
+def test_backend_choice() -> None:
+    cpu = torch.device("cpu")
+    assert backends.resolve_backend("auto", cpu) == "openvino"
+    assert backends.resolve_backend("torch", cpu) == "torch"
+    with pytest.raises(UsageError, match="--backend openvino runs on the CPU"):
+        backends.resolve_backend("openvino", torch.device("cuda"))
+    with pytest.raises(UsageError, match="unknown --backend"):
+        backends.resolve_backend("tensorrt", cpu)
+
+
+def test_missing_openvino_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    cpu = torch.device("cpu")
+    assert backends.resolve_backend("auto", cpu) == "torch"
+    with pytest.raises(UsageError, match=r"pip install 'cyclekit\[fast\]'"):
+        backends.resolve_backend("openvino", cpu)
+
+
+def test_official_weights_match_torch(official_fixtures: Path) -> None:
+    from PIL import Image
+
+    from cyclekit.generator_io import load_generator
+
+    model, info = load_generator(official_fixtures / "resnet9_ngf16_nodropout.pth", "a2b")
+    img = Image.open(official_fixtures / "input_n02381460_1000.jpg").convert("RGB")
+    x = torch.from_numpy(np.asarray(img.resize((256, 256)), np.float32) / 127.5 - 1)
+    x = x.permute(2, 0, 1)[None]
+    cpu = torch.device("cpu")
+    want = _pixels(backends.make_runner(model, info["spec"], cpu, "fp32", "torch")(x))
+    for precision in ("fp32", "bf16"):
+        got = _pixels(backends.make_runner(model, info["spec"], cpu, precision, "openvino")(x))
+        diff = np.abs(got - want)
+        assert diff.mean() <= 1.0 and np.quantile(diff, 0.95) <= 2.0, (precision, diff.mean())
