@@ -22,9 +22,9 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def _generator(seed: int = 0) -> tuple[torch.nn.Module, dict]:
+def _generator(seed: int = 0, **layers: str) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(seed)
-    spec = tiny_spec()
+    spec = {**tiny_spec(), **layers}
     return build_generator(**spec).eval(), spec
 
 
@@ -32,9 +32,18 @@ def _pixels(y: torch.Tensor) -> np.ndarray:
     return ((y.float().clamp(-1, 1) + 1) * 127.5).round().numpy()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_openvino_matches_torch_fp32_at_any_size(precision: str) -> None:
-    model, spec = _generator()
+@pytest.mark.parametrize(
+    "precision, layers",
+    [
+        ("fp32", {}),
+        ("bf16", {}),
+        # CUT's anti-aliased layers and the resize-conv upsampling convert as well.
+        ("fp32", {"downsample": "antialias", "upsample": "antialias"}),
+        ("bf16", {"upsample": "resize-conv"}),
+    ],
+)
+def test_openvino_matches_torch_fp32_at_any_size(precision: str, layers: dict) -> None:
+    model, spec = _generator(**layers)
     run = backends.make_runner(model, spec, torch.device("cpu"), precision, "openvino")
     reference = backends.make_runner(model, spec, torch.device("cpu"), "fp32", "torch")
     for shape in ((1, 3, 32, 32), (2, 3, 40, 56)):  # one converted model for every size
