@@ -218,6 +218,53 @@ def speed(model, info, modes: list[str], n: int, work: Path) -> dict:
     return out
 
 
+def overheads(model, reps: int) -> dict:
+    """What each mode adds per 720p frame, timed alone and interleaved (robust to a shared
+    machine's load drifting): the model with and without smoothed statistics, the flow blend."""
+    import torch
+
+    from cyclekit.devices import resolve_device, resolve_precision
+    from cyclekit.translate.temporal import FlowBlend, SmoothedStats, smoothed_norms
+    from cyclekit.translate.tiling import make_runner, to_model_input
+
+    device = resolve_device("auto")
+    run = make_runner(model.to(device), device, resolve_precision("auto", device))
+    frame = np.array(Image.fromarray(_source(720)).resize((1280, 720)))  # writable, for torch
+    x = to_model_input(frame[None])
+    run(x)  # warm-up
+    times: dict[str, list[float]] = {"none": [], "stats": []}
+    state = SmoothedStats()
+    for i in range(reps):
+        for mode in ("none", "stats"):
+            ctx = smoothed_norms(model, state, lambda i=i: i) if mode == "stats" else None
+            start = time.perf_counter()
+            if ctx is None:
+                run(x)
+            else:
+                with ctx:
+                    run(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[mode].append(time.perf_counter() - start)
+    blend = FlowBlend()
+    moved = np.roll(frame, 3, axis=1)
+    blend(frame, frame, True)
+    start = time.perf_counter()
+    for _ in range(reps):
+        blend(moved, moved, False)
+    flow_s = (time.perf_counter() - start) / reps
+    none, stats = float(np.median(times["none"])), float(np.median(times["stats"]))
+    return {
+        "model_s_per_frame": round(none, 3),
+        "stats_model_s_per_frame": round(stats, 3),
+        "flow_blend_s_per_frame": round(flow_s, 4),
+        "cost_vs_none": {
+            "stats": round(stats / none, 3),
+            "flow": round((stats + flow_s) / none, 3),
+        },
+    }
+
+
 def _machine() -> dict:
     import torch
 
@@ -245,6 +292,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="flicker clips' side, px")
     parser.add_argument("--hd-frames", type=int, default=4, help="frames of the 720p clip")
     parser.add_argument("--modes", default="none,stats,flow")
+    parser.add_argument("--reps", type=int, default=3, help="720p model runs per mode, alone")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-flicker", action="store_true")
     args = parser.parse_args()
@@ -269,6 +317,7 @@ def main() -> None:
             result["flicker"] = flicker(model, info, modes, args.frames, args.size, work)
         if not args.no_speed:
             result["speed_720p"] = speed(model, info, modes, args.hd_frames, work)
+            result["overhead_720p"] = overheads(model, args.reps)
         result["seconds"] = round(time.perf_counter() - started, 1)
     result["machine_after"] = _machine()["load_1_5_15"]
     print(json.dumps(result, indent=2))

@@ -20,7 +20,7 @@ HEADING = "## Stylising your videos"
 COMMANDS = [
     "cyclekit translate holiday.mp4 -o stylised/ --model style_monet",
     "cyclekit translate holiday.mp4 'clips/*.mov' -o stylised/ --model style_monet"
-    " --temporal flow --crf 20",
+    " --crf 20 --skip-existing",
     "cyclekit translate shot_frames/ -o stylised/ --model style_monet --sequence --fps 24"
     " --frames frames/",
 ]

@@ -21,7 +21,7 @@ MAX_MEGAPIXELS = 400
 # Kept equal to cyclekit.translate.video.CODECS and temporal.TEMPORAL_MODES (a test checks).
 VIDEO_CODECS = ["h264", "hevc", "vp9", "av1", "ffv1"]
 TEMPORAL = ["none", "stats", "flow"]
-DEFAULT_TEMPORAL = "stats"
+DEFAULT_TEMPORAL = "flow"
 
 
 @click.command(context_settings=CONTEXT)
@@ -159,9 +159,9 @@ DEFAULT_TEMPORAL = "stats"
     type=choice(TEMPORAL),
     default=DEFAULT_TEMPORAL,
     show_default=True,
-    help="Videos: against flicker. stats: instance-norm statistics smoothed over frames "
-    "(free); flow: also blend with the previous frame moved by optical flow; none: each "
-    "frame alone.",
+    help="Videos: against flicker. flow: blend each frame with the previous result moved "
+    "along the input's optical flow, where reliable (plus stats); stats: instance-norm "
+    "statistics smoothed over frames; none: each frame alone. All cost about the same.",
 )
 @click.option(
     "--frames",
@@ -215,7 +215,7 @@ def translate(
       cyclekit translate 'shoot/**/*.jpg' -o out/ --checkpoint latest_net_G.pth --gallery
       cyclekit translate big.tif -o out/ --checkpoint G_ab.pt --tile 1024 --format png
       cyclekit translate photos/ -o out/ --checkpoint G_ab.pt --skip-existing   # resume
-      cyclekit translate clip.mp4 -o out/ --model style_monet --temporal flow
+      cyclekit translate clip.mp4 -o out/ --model style_monet --crf 20
 
     Folders are searched recursively and their subfolders recreated in OUTPUT. An output
     has its input's path below the folder (or glob) it was found in, or a file's own name,

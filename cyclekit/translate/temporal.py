@@ -113,13 +113,27 @@ def smoothed_norms(
     for m in _instance_norms(model):
 
         def forward(x: torch.Tensor, m: nn.InstanceNorm2d = m) -> torch.Tensor:
-            xf = x.float()
-            own_mean, own_var = xf.mean((2, 3)), xf.var((2, 3), unbiased=False)
+            # The built-in instance norm is this batch norm over a (1, N*C, H, W) view (the
+            # same bits, in the input's precision), which also returns each frame's own
+            # statistics in float32; the output is then moved onto the smoothed statistics in
+            # place. Measured on CPU, bf16, 720p x 64 channels: 0.16 s against 0.12 s for the
+            # built-in norm (var_mean and a float32 copy: 0.66 s).
+            n, c, h, w = x.shape
+            y, own_mean, own_invstd = torch.native_batch_norm(
+                x.reshape(1, n * c, h, w), None, None, None, None, True, 0.0, m.eps
+            )
+            own_mean, own_invstd = own_mean.view(n, c), own_invstd.view(n, c)
+            own_var = own_invstd.pow(-2) - m.eps
             mean, var = state.smooth(m, first_frame(), own_mean, own_var)
-            y = (xf - mean[:, :, None, None]) * torch.rsqrt(var + m.eps)[:, :, None, None]
+            y = y.view(n, c, h, w)
+            if not (torch.equal(mean, own_mean) and torch.equal(var, own_var)):
+                inv = torch.rsqrt(var + m.eps)
+                scale = (inv / own_invstd)[:, :, None, None].to(y.dtype)
+                shift = ((own_mean - mean) * inv)[:, :, None, None].to(y.dtype)
+                y.mul_(scale).add_(shift)
             if m.affine:
                 y = y * m.weight[None, :, None, None] + m.bias[None, :, None, None]
-            return y.to(x.dtype)
+            return y
 
         m.forward = forward  # an instance attribute shadows the class method
         patched.append(m)
@@ -177,7 +191,8 @@ def backward_flow(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flow from ``cur`` to ``prev``, reliability mask in 0..1) at full size, for (H, W, C)
     uint8 frames. Reliable: the backward flow and the forward flow undo each other
-    (occlusions fail this) and the warped previous frame matches the current one."""
+    (occlusions fail this) and the warped previous frame matches the current one. All of it
+    at the flow's size (long side :data:`_FLOW_SIDE`), then scaled up: cheap at 4K too."""
     import cv2
 
     h, w = cur.shape[:2]
@@ -194,12 +209,12 @@ def backward_flow(
     err = ((back + f_at) ** 2).sum(-1)
     tol = 0.01 * ((back**2).sum(-1) + (f_at**2).sum(-1)) + 0.5
     mask = (err < tol).astype(np.float32)
+    # Photometric check: 12 grey levels of mismatch halve the weight.
+    diff = np.abs(_warp(g_prev.astype(np.float32), back) - g_cur)
+    mask *= np.exp(-((diff / 12.0) ** 2) * np.log(2))
     if scale < 1:
         back = cv2.resize(back, (w, h), interpolation=cv2.INTER_LINEAR) / scale
         mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
-    # Photometric check on the full-size inputs: 12 grey levels of mismatch halve the weight.
-    diff = np.abs(_warp(prev.astype(np.float32), back) - cur.astype(np.float32)).mean(-1)
-    mask = mask * np.exp(-((diff / 12.0) ** 2) * np.log(2))
     return back.astype(np.float32), mask.astype(np.float32)
 
 
@@ -216,9 +231,10 @@ class FlowBlend:
         result = out
         if prev is not None and not cut and prev[0].shape == inp.shape:
             flow, mask = backward_flow(prev[0], inp)
-            warped = _warp(prev[1].astype(np.float32), flow)
+            warped = _warp(prev[1], flow).astype(np.float32)
             a = (self.weight * mask)[:, :, None]
-            mixed = out.astype(np.float32) * (1 - a) + warped * a
+            mixed = out.astype(np.float32)
+            mixed += (warped - mixed) * a
             result = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
         self._prev = (inp, result)
         return result
