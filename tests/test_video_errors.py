@@ -141,3 +141,14 @@ def test_a_codec_this_build_lacks_is_one_line(
     r = translate_with(clip, tmp_path / "out", gen, "--codec", "av1")
     assert_user_error(r, "--codec av1: this FFmpeg build has no encoder for it")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_old_pyav_is_one_line_naming_the_upgrade(
+    tmp_path: Path, gen: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PyAV before 18 cannot write a rotation: a phone clip would come out sideways.
+    clip = make_clip(tmp_path / "c.mp4", n=2, audio=None)
+    monkeypatch.setattr(av, "__version__", "17.1.0")
+    r = translate_with(clip, tmp_path / "out", gen)
+    assert_user_error(r, str(clip), "PyAV 17.1.0 is too old", "pip install -U 'cyclekit[video]'")
+    assert not (tmp_path / "out").exists()

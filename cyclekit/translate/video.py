@@ -34,6 +34,7 @@ from cyclekit.errors import CyclekitError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 NEEDS_AV = "translating videos needs PyAV: pip install 'cyclekit[video]'"
+AV_MAJOR = 18  # the first PyAV that writes a rotation (pyproject.toml's video extra)
 FRAMES_MARK = ".cyclekit-frames"  # in every --frames folder we write: ours to replace
 DEFAULT_FPS = 25.0  # --sequence
 POSTER_SECONDS = 1.0  # the gallery's poster: the first frame at or after this time
@@ -84,6 +85,13 @@ def require_av() -> Any:
         import av
     except ImportError:
         raise VideoError(NEEDS_AV) from None
+    major = av.__version__.split(".")[0]
+    if not major.isdigit() or int(major) < AV_MAJOR:
+        # An older one would write a phone clip without its rotation: sideways.
+        raise VideoError(
+            f"PyAV {av.__version__} is too old (need {AV_MAJOR}.0+): "
+            "pip install -U 'cyclekit[video]'"
+        )
     return av
 
 
@@ -264,9 +272,6 @@ def translate_clip(src: Path, dst: Path, ctx: ClipContext, vo: VideoOptions) -> 
         work = work_size(h, w, ctx.resize, ctx.max_size)
         out_hw = work if ctx.keep_resized else (h, w)
         back = turns  # turned back as stored, with the same rotation metadata
-        if rotation and not _can_write_rotation():
-            back, rotation = 0, 0
-            warnings.append("written upright without rotation metadata (PyAV too old to set it)")
         stored_hw = out_hw[::-1] if back % 2 else out_hw
         sink = None
         if vo.write_video:
@@ -407,10 +412,6 @@ def translate_clip(src: Path, dst: Path, ctx: ClipContext, vo: VideoOptions) -> 
     if warnings:
         extra["warnings"] = warnings
     return extra
-
-
-def _can_write_rotation() -> bool:
-    return hasattr(require_av().video.stream.VideoStream, "set_display_rotation")
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:

@@ -61,7 +61,7 @@ class VideoSource:
             raise VideoError(
                 f"cannot open it as a video ({why(e)}): damaged, truncated or not a video"
             ) from None
-        attached = getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0)
+        attached = av.stream.Disposition.attached_pic
         streams = [s for s in self.container.streams.video if not s.disposition & attached]
         self.audio = list(self.container.streams.audio)
         if not streams:
@@ -146,7 +146,7 @@ class VideoSource:
                     yield Frame(
                         pixels if pixels.ndim == 3 else pixels[:, :, None],
                         frame.pts,
-                        int(round(getattr(frame, "rotation", 0) or 0)),
+                        int(round(frame.rotation or 0)),
                         colors,
                     )
         except av.error.FFmpegError as e:
