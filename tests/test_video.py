@@ -187,3 +187,31 @@ def test_cli_lists_match_the_engine_and_the_extra_is_declared() -> None:
     toml = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert re.search(r'^video = \["av>=\d+', toml, flags=re.M) and "cyclekit[video]" in NEEDS_AV
     assert re.search(r'^dev = \[[^\]]*"av>=\d+', toml, flags=re.M)
+
+
+def test_the_model_sees_a_rotated_clip_upright(tmp_path: Path, gen: Path) -> None:
+    # The same upright picture stored two ways: turned, with rotation metadata (a phone), and
+    # as it is. The model must see the same thing, so the results are the same.
+    upright = moving_frames(3, 32, 24)
+    turned = [np.ascontiguousarray(np.rot90(f, -1)) for f in upright]  # shown turned back by 90
+    a = make_clip(tmp_path / "a.mkv", frames=turned, codec="ffv1", audio=None, rotation=90)
+    b = make_clip(tmp_path / "b.mkv", frames=upright, codec="ffv1", audio=None)
+    frames = tmp_path / "frames"
+    for clip in (a, b):
+        flags = ("--frames", str(frames), "--temporal", "none", "--precision", "fp32")
+        r = translate_with(clip, tmp_path / "out", gen, *flags)
+        assert r.exit_code == 0, r.output
+    for name in ("000001.png", "000003.png"):
+        ra, rb = (np.asarray(Image.open(frames / c / name)) for c in ("a.mkv", "b.mkv"))
+        assert ra.shape == (24, 32, 3) and np.array_equal(ra, rb)
+    # The video keeps the stored size and the rotation.
+    out = read_clip(tmp_path / "out" / "a.mkv")
+    assert out["size"] == (24, 32) and out["rotation"] == 90
+
+
+def test_an_odd_frame_size_is_kept(tmp_path: Path, gen: Path) -> None:
+    clip = make_clip(tmp_path / "odd.mkv", frames=moving_frames(3, 33, 25), codec="ffv1")
+    r = translate_with(clip, tmp_path / "out", gen)
+    assert r.exit_code == 0, r.output
+    out = read_clip(tmp_path / "out" / "odd.mkv")
+    assert out["size"] == (33, 25) and len(out["frames"]) == 3
