@@ -82,6 +82,16 @@ def test_videos_images_and_folders_in_one_call(tmp_path: Path, gen: Path) -> Non
     assert Image.open(out / "a.jpg").size == (20, 16)
 
 
+def test_a_folder_of_photos_and_videos_translates_both(tmp_path: Path, gen: Path) -> None:
+    save_photo(tmp_path / "trip" / "a.jpg", 20, 16)
+    make_clip(tmp_path / "trip" / "day2" / "y.mp4", n=3)
+    out = tmp_path / "out"
+    r = translate_with(tmp_path / "trip", out, gen)
+    assert r.exit_code == 0, r.output
+    assert visible_files(out) == ["a.jpg", "day2/y.mp4"]
+    assert len(read_clip(out / "day2" / "y.mp4")["frames"]) == 3
+
+
 def test_naming_rule_for_videos() -> None:
     assert set(VIDEO_EXTENSIONS) == {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
     cases = {

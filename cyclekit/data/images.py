@@ -53,7 +53,11 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     return sorted(iter_images(root))
 
 
-def iter_images(root: str | os.PathLike, skip: Collection[tuple[int, int]] = ()) -> Iterator[Path]:
+def iter_images(
+    root: str | os.PathLike,
+    skip: Collection[tuple[int, int]] = (),
+    extensions: Collection[str] = IMAGE_EXTENSIONS,
+) -> Iterator[Path]:
     """Image files below ``root``, yielded as the folders are read (a huge tree streams).
 
     Order: a folder's files (sorted by name), then its subfolders (sorted), depth first; the
@@ -63,6 +67,8 @@ def iter_images(root: str | os.PathLike, skip: Collection[tuple[int, int]] = ())
     hangs the search nor lists one image many times. Memory is flat in the number of files:
     one int a file is remembered (its identity) and nothing is decoded.
     Folders whose (st_dev, st_ino) is in ``skip`` are not entered (translate's output folder).
+    ``extensions`` (lower case, with the dot) chooses the files: images unless told otherwise
+    (translate also lists videos).
     """
     root = Path(root)
     if not root.is_dir():
@@ -89,7 +95,7 @@ def iter_images(root: str | os.PathLike, skip: Collection[tuple[int, int]] = ())
                     seen_dirs.add(ident)
                     subfolders.append(entry.path)
                 continue
-            if not is_image_file(entry.name):
+            if os.path.splitext(entry.name)[1].lower() not in extensions:
                 continue
             try:
                 st = entry.stat()  # follows a link: the file it points to

@@ -31,7 +31,7 @@ from pathlib import Path
 from cyclekit.data.images import IMAGE_EXTENSIONS, is_image_file, iter_images
 from cyclekit.errors import CyclekitError
 from cyclekit.translate.image_io import FORMATS, Job
-from cyclekit.translate.video import is_video_file, video_output_name
+from cyclekit.translate.video import VIDEO_EXTENSIONS, is_video_file, video_output_name
 
 
 class PlanError(CyclekitError):
@@ -126,19 +126,20 @@ def check_output_dir(inputs: Sequence[str], output_dir: Path, option: str = "-o"
             )
 
 
-_NO_IMAGES = f"holds no image files ({', '.join(IMAGE_EXTENSIONS)}; searched recursively)"
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+_NO_IMAGES = f"holds no image or video files ({', '.join(MEDIA_EXTENSIONS)}; searched recursively)"
 
 
 def _sources(arg: str, skip: set[tuple[int, int]]) -> Iterator[tuple[Path, Path] | Problem]:
     """(source, its path below the INPUT root) for one INPUT argument, as they are found.
 
     Folders in ``skip`` (the output folder, when it lies inside an input folder) are not
-    entered: their files are earlier outputs, not inputs. A glob matches images and videos;
-    a folder is searched for images (videos in it are not translated)."""
+    entered: their files are earlier outputs, not inputs. Folders and globs find images and
+    videos."""
     path = Path(arg)
     found = 0
     if path.is_dir():
-        for f in iter_images(path, skip):
+        for f in iter_images(path, skip, MEDIA_EXTENSIONS):
             found += 1
             yield f, f.relative_to(path)
         empty = _NO_IMAGES
@@ -152,7 +153,7 @@ def _sources(arg: str, skip: set[tuple[int, int]]) -> Iterator[tuple[Path, Path]
             if m.is_dir():
                 if _identity(m) in skip:
                     continue
-                for f in iter_images(m, skip):
+                for f in iter_images(m, skip, MEDIA_EXTENSIONS):
                     found += 1
                     yield f, f.relative_to(base)
             elif m.is_file() and _is_media(m) and not _in_skipped(m, skip):
