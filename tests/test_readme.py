@@ -58,6 +58,11 @@ def _covered_elsewhere(cmd: str) -> str | None:
 
         assert cmd in EVAL_COMMANDS, f"{cmd}: not in tests/test_eval_cli.py README_COMMANDS"
         return "tests/test_eval_cli.py"
+    if cmd.startswith("cyclekit translate"):
+        from tests.test_video_readme import COMMANDS as VIDEO_COMMANDS
+
+        if cmd in VIDEO_COMMANDS:
+            return "tests/test_video_readme.py"
     if cmd.startswith(("cyclekit translate", "cyclekit export")):
         from tests.test_translate_readme import COMMANDS
 
