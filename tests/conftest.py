@@ -60,6 +60,16 @@ def _torch_threads() -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _torch_backend_by_default(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    # translate's --backend auto would convert every test's new tiny generator to OpenVINO
+    # (seconds each); tests/test_translate_backends.py tests that path on purpose.
+    if "openvino" not in request.keywords:
+        from cyclekit.translate import backends
+
+        monkeypatch.setattr(backends, "openvino_available", lambda: False)
+
+
 @pytest.fixture
 def gen(tmp_path: Path) -> Path:
     """A tiny random generator saved as cyclekit's G_ab.pt (for translate tests)."""

@@ -14,6 +14,7 @@ from cyclekit.translate import backends
 from tests.test_translate_common import tiny_spec
 
 pytest.importorskip("openvino")
+pytestmark = pytest.mark.openvino  # (conftest: other tests run translate on torch)
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +109,39 @@ def test_official_weights_match_torch(official_fixtures: Path) -> None:
         got = _pixels(backends.make_runner(model, info["spec"], cpu, precision, "openvino")(x))
         diff = np.abs(got - want)
         assert diff.mean() <= 1.0 and np.quantile(diff, 0.95) <= 2.0, (precision, diff.mean())
+
+
+def test_cli_backends_agree_and_a_failed_conversion_falls_back(
+    tmp_path: Path, gen: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from tests.test_translate_common import assert_user_error, save_photo, translate_with
+
+    inp = tmp_path / "in"
+    for i in range(3):
+        save_photo(inp / f"{i}.png", 24 + 8 * i, 20, seed=i)
+    outs = {}
+    for backend in ("torch", "openvino", "auto"):
+        r = translate_with(inp, tmp_path / backend, gen, "--backend", backend)
+        assert r.exit_code == 0, r.output
+        outs[backend] = [
+            np.asarray(Image.open(tmp_path / backend / f"{i}.png"), np.float64) for i in range(3)
+        ]
+    for a, b in zip(outs["torch"], outs["openvino"], strict=True):
+        assert np.abs(a - b).mean() <= 1.0
+    assert all((a == b).all() for a, b in zip(outs["openvino"], outs["auto"], strict=True))
+
+    def cannot(*args: object) -> None:
+        raise RuntimeError("Exception from src/frontends: unsupported operation\nmore detail")
+
+    monkeypatch.setattr(backends, "make_openvino_runner", cannot)
+    r = translate_with(inp, tmp_path / "fallback", gen, "--backend", "auto")
+    assert r.exit_code == 0, r.output
+    assert (
+        "warning: OpenVINO cannot run this generator (Exception from src/frontends: "
+        "unsupported operation); using torch" in r.output
+    )
+    r = translate_with(inp, tmp_path / "named", gen, "--backend", "openvino")
+    assert_user_error(r, "Error: --backend openvino: cannot convert the generator")
+    assert not (tmp_path / "named").exists()

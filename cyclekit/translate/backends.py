@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,12 @@ from torch import nn
 from cyclekit.errors import UsageError
 
 BACKENDS = ("auto", "torch", "openvino")
+
+
+class BackendError(UsageError):
+    """The chosen backend cannot run this generator; ``str()`` is one line."""
+
+
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -74,6 +81,10 @@ def _openvino_model(model: nn.Module, spec: dict[str, Any]) -> Any:
     core = ov.Core()
     if xml.is_file() and xml.with_suffix(".bin").is_file():
         return core.read_model(xml)
+    print(
+        f"converting the generator for OpenVINO (once per model; cached in {folder})",
+        file=sys.stderr,
+    )
     example = torch.zeros(1, spec.get("input_nc", 3), 64, 64)
     # Tracing warns about Python-side shape checks in the norm layers; the graph is the same
     # for every size (tested), so the warnings would only alarm the user.
@@ -114,11 +125,32 @@ def make_openvino_runner(model: nn.Module, spec: dict[str, Any], precision: str)
 
 
 def make_runner(
-    model: nn.Module, spec: dict[str, Any], device: torch.device, precision: str, backend: str
+    model: nn.Module,
+    spec: dict[str, Any],
+    device: torch.device,
+    precision: str,
+    backend: str,
+    fallback: Runner | None = None,
 ) -> Runner:
-    """``run(x)``: the generator on a CPU float batch in [-1, 1], on ``backend`` (resolved)."""
+    """``run(x)``: the generator on a CPU float batch in [-1, 1], on ``backend`` (auto, torch
+    or openvino). With ``auto``, a generator OpenVINO cannot convert runs in torch (one warning
+    line); a backend asked for by name that cannot run is a one-line error."""
     from cyclekit.translate.tiling import make_runner as make_torch_runner
 
-    if backend == "openvino":
-        return make_openvino_runner(model, spec, precision)
-    return make_torch_runner(model, device, precision)
+    resolved = resolve_backend(backend, device)
+    if resolved == "openvino":
+        try:
+            return make_openvino_runner(model, spec, precision)
+        except UsageError:
+            raise
+        except Exception as e:  # a conversion the library cannot do: its problem, not a bug here
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if backend != "auto":
+                msg = f"--backend openvino: cannot convert the generator ({reason})"
+                raise BackendError(msg) from None
+            # One line, like translate's other warnings (stdout stays free for piping).
+            print(
+                f"warning: OpenVINO cannot run this generator ({reason}); using torch",
+                file=sys.stderr,
+            )
+    return fallback or make_torch_runner(model, device, precision)

@@ -87,6 +87,7 @@ class TranslateOptions:
     batch_size: int | None = None  # None: 1 on CPU/MPS, 8 on CUDA
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "auto"  # torch or openvino (see cyclekit.translate.backends)
     num_workers: int = 2
     memory_budget_mb: int | None = None  # None: 1.5 GiB on CPU, half the free GPU memory
     progress: bool = True
@@ -405,6 +406,7 @@ def translate_paths(
     earlier run wrote it (see :data:`RECORD_NAME`); anything else is never overwritten.
     """
     from cyclekit.devices import resolve_device, resolve_precision
+    from cyclekit.translate import backends
     from cyclekit.translate.tiling import MIN_TILE, Batcher, make_runner
 
     vo = opts.video
@@ -425,6 +427,10 @@ def translate_paths(
         # On a CPU one image at a time is fastest (measured: 6.1 vs 3.7 images/s at 256x256,
         # bf16, batch 1 vs 4): a batch's activations no longer fit in the caches.
         opts = dataclasses.replace(opts, batch_size=8 if device.type == "cuda" else 1)
+    # Before anything is written: a backend asked for by name that cannot run is an error.
+    spec = info["spec"]
+    torch_run = make_runner(model.to(device), device, precision)
+    fast_run = backends.make_runner(model, spec, device, precision, opts.backend, torch_run)
     try:
         report = Report(None, opts.report_path, opts.progress, keep_entries=opts.gallery)
     except OSError as e:
@@ -436,21 +442,21 @@ def translate_paths(
         report.abandon()
         raise TranslateError(f"-o {opts.output_dir}: cannot write there ({e.strerror})") from None
     recorded = _read_record(opts.output_dir)
-    spec = info["spec"]
     budget = (opts.memory_budget_mb << 20) if opts.memory_budget_mb else _default_budget(device)
     batcher = Batcher(
-        model.to(device),
+        model,
         spec,
-        make_runner(model, device, precision),
+        fast_run,
         opts.batch_size,
         budget,
         opts.tile,
+        tiled_run=torch_run,
     )
     pool = ThreadPoolExecutor(max(1, opts.num_workers), thread_name_prefix="cyclekit-io")
     clips = ClipContext(
         model,
         spec,
-        batcher.run,
+        torch_run,  # the temporal modes hook into the torch modules
         opts.batch_size,
         budget,
         opts.tile,

@@ -308,8 +308,12 @@ class Batcher:
         budget_bytes: int,
         tile: int | None = None,
         stats_filter: Callable[[dict], dict] | None = None,
+        tiled_run: Runner | None = None,
     ) -> None:
         self.model, self.spec, self.run = model, spec, run
+        # Tiles need the torch modules (their norm statistics are shared through hooks): a
+        # faster backend in ``run`` serves whole images only.
+        self.tiled_run = tiled_run or run
         self.batch_size, self.budget, self.tile = batch_size, budget_bytes, tile
         self.stats_filter = stats_filter  # for tiled images only (see run_tiled)
         self.multiple = geometry(spec)[0]
@@ -347,7 +351,7 @@ class Batcher:
                 y = run_tiled(
                     self.model,
                     x,
-                    self.run,
+                    self.tiled_run,
                     tile,
                     self.multiple,
                     guide_pixels=guide,
