@@ -56,18 +56,37 @@ def _make_generator(path: Path) -> Path:
 
 
 def _images_per_second(gen: Path, inputs: Path, out: Path, **options) -> float:
+    return _timed(gen, inputs, out, **options)["images_per_s"]
+
+
+def _timed(gen: Path, inputs: Path, out: Path, **options) -> dict[str, float]:
+    """images/s of translating ``inputs``, after a one-image warm-up (whose time, e.g. a
+    backend's one-off conversion, is reported as ``warmup_s``), and the share of the time the
+    model took (the rest is decoding, encoding and the pipeline), from the run's report."""
     from cyclekit.generator_io import load_generator
     from cyclekit.translate.engine import TranslateOptions, translate_paths
 
     model, info = load_generator(gen)
     warm = TranslateOptions(out / "warmup", progress=False, **options)
+    start = time.perf_counter()
     translate_paths([str(next(inputs.glob("*.jpg")))], model, info, warm)
+    warmup = time.perf_counter() - start
+    report_path = out.parent / f"{out.name}.jsonl"
     start = time.perf_counter()
     report = translate_paths(
-        [str(inputs)], model, info, TranslateOptions(out, progress=False, **options)
+        [str(inputs)],
+        model,
+        info,
+        TranslateOptions(out, progress=False, report_path=report_path, **options),
     )
+    seconds = time.perf_counter() - start
     assert report.failed == 0, report.summary()
-    return report.done / (time.perf_counter() - start)
+    model_s = sum(json.loads(ln).get("model_seconds", 0) for ln in report_path.open())
+    return {
+        "images_per_s": round(report.done / seconds, 2),
+        "model_share": round(model_s / seconds, 3),
+        "warmup_s": round(warmup, 2),
+    }
 
 
 def _big_child(gen: Path, work: Path) -> None:
@@ -94,6 +113,53 @@ def _big_child(gen: Path, work: Path) -> None:
     )
 
 
+def _cpu_flags() -> list[str]:
+    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if "flags" in ln), [])
+    return sorted(wanted & set(flags))
+
+
+def _compare_backends(args: argparse.Namespace) -> dict[str, object]:
+    """Each backend and the official way, alternated over ``--rounds`` in one process (the
+    machine's speed drifts), JPEG in and out at 256x256; conversion cached after round 1."""
+    import os
+
+    sides = {
+        "torch_fp32_batch1_official_settings": {
+            "backend": "torch",
+            "precision": "fp32",
+            "batch_size": 1,
+        }
+    }
+    sides |= {b: {"backend": b} for b in args.backends.split(",")}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    with tempfile.TemporaryDirectory(prefix="cyclekit-bench-") as tmp:
+        work = Path(tmp)
+        os.environ["CYCLEKIT_CACHE"] = str(work / "cache")  # the first conversion is timed
+        gen = _make_generator(work / "G.pt")
+        small = _make_inputs(work / "in256", args.n256, (256, 256))
+        for r in range(args.rounds):
+            for name, options in sides.items():
+                runs[name].append(_timed(gen, small, work / f"{name}_{r}", **options))
+    best = {name: max(x["images_per_s"] for x in xs) for name, xs in runs.items()}
+    return {
+        "model": "resnet_9blocks ngf=64",
+        "images": f"{args.n256} JPEGs 256x256, JPEG out",
+        "cpu_flags": _cpu_flags(),
+        "threads": os.cpu_count(),
+        "runs": runs,
+        "best_images_per_s": best,
+        "speedup_vs_official": {
+            n: round(v / best["torch_fp32_batch1_official_settings"], 2) for n, v in best.items()
+        },
+        "first_conversion_s": {n: xs[0]["warmup_s"] for n, xs in runs.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n256", type=int, default=48, help="images at 256x256")
@@ -104,11 +170,20 @@ def main() -> None:
         action="store_true",
         help="also time fp32, batch 1 (what the official test script does)",
     )
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated translate backends to time side by side at 256x256 (e.g. "
+        "torch,openvino), each at --precision auto, beside the official way (fp32, batch 1)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --backends, alternated")
     parser.add_argument("--big-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.big_child:
         return _big_child(args.big_child / "G.pt", args.big_child)
     result: dict[str, object] = {"model": "resnet_9blocks ngf=64", "precision": "auto"}
+    if args.backends:
+        return print(json.dumps(_compare_backends(args), indent=2))
     with tempfile.TemporaryDirectory(prefix="cyclekit-bench-") as tmp:
         work = Path(tmp)
         gen = _make_generator(work / "G.pt")
