@@ -72,26 +72,50 @@ SHAPES = [(1, 1, 2, 2), (1, 3, 2, 3), (2, 4, 5, 7), (1, 2, 8, 8), (2, 3, 9, 16),
 
 
 @pytest.mark.parametrize(
-    "stride,padding,k", [(2, 0, 3), (2, 2, 4), (2, 3, 4), (3, 1, 5), (1, 0, 2)]
+    "stride,padding,k,extra",
+    [(2, 0, 3, (0, 0)), (2, 2, 4, (1, 0)), (2, 3, 4, (0, 1)), (3, 1, 5, (2, 1)), (1, 0, 2, (0, 0))],
 )
-def test_transposed_conv_as_a_stride_1_conv_of_the_zero_inserted_input(stride, padding, k):
+def test_transposed_conv_as_a_stride_1_conv_of_the_zero_inserted_input(stride, padding, k, extra):
     g = torch.Generator().manual_seed(k)
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, generator=g)
     filt = torch.randn(3, 1, k, k, dtype=torch.float64, generator=g)  # any filter, unsymmetric
-    expected = F.conv_transpose2d(x, filt, stride=stride, padding=padding, groups=3)
-    assert _max_diff(antialias._transposed(x, filt, stride, padding), expected) < 1e-12
+    expected = F.conv_transpose2d(
+        x, filt, stride=stride, padding=padding, output_padding=extra, groups=3
+    )
+    assert _max_diff(antialias._transposed(x, filt, stride, padding, extra), expected) < 1e-12
     assert zero_insert(x, stride)[:, :, ::stride, ::stride].equal(x)
+    padded = zero_insert(x, stride, 2, (1, 3))
+    assert padded.shape[-2:] == (5 * stride + 6, 4 * stride + 8)
+    assert padded[:, :, 2::stride, 2::stride][:, :, :6, :5].equal(x)
+    assert torch.count_nonzero(padded) == torch.count_nonzero(x)  # zeros everywhere else
 
 
-@pytest.mark.parametrize("size", [(7, 9), (8, 8), (5, 6)])
-@pytest.mark.parametrize("k,stride", [(3, 2), (4, 2), (2, 2), (3, 3), (1, 2)])
-def test_strided_blur_function_is_the_conv_and_its_backward_the_adjoint(size, k, stride):
+@pytest.mark.parametrize("size", [(2, 2), (3, 3), (2, 5), (4, 3), (7, 6)])
+def test_fold_reflect_pad_is_the_adjoint_of_the_reflection_pad(size):
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    y = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    grad = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, grad)
+    assert _max_diff(antialias.fold_reflect_pad(grad), expected) < 1e-12
+
+
+@pytest.mark.parametrize("size", [(7, 9), (8, 8), (5, 6), (2, 3)])
+@pytest.mark.parametrize(
+    "k,stride,reflect1",
+    [(3, 2, True), (3, 2, False), (4, 2, False), (2, 2, True), (3, 3, True), (1, 2, False)],
+)
+def test_strided_blur_function_is_the_conv_and_its_backward_the_adjoint(size, k, stride, reflect1):
+    if not reflect1 and min(size) < k:
+        pytest.skip("smaller than the filter")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 2, *size, dtype=torch.float64, generator=g, requires_grad=True)
     filt = torch.randn(2, 1, k, k, dtype=torch.float64, generator=g)
-    y = antialias._StridedBlur.apply(x, filt, stride)
-    assert _max_diff(y, F.conv2d(x, filt, stride=stride, groups=2)) < 1e-12
-    assert torch.autograd.gradcheck(lambda t: antialias._StridedBlur.apply(t, filt, stride), x)
+    xp = F.pad(x, (1, 1, 1, 1), mode="reflect") if reflect1 else x
+    y = antialias._StridedBlur.apply(x, filt, stride, reflect1)
+    assert _max_diff(y, F.conv2d(xp, filt, stride=stride, groups=2)) < 1e-12
+    assert torch.autograd.gradcheck(
+        lambda t: antialias._StridedBlur.apply(t, filt, stride, reflect1), x
+    )
 
 
 @pytest.mark.parametrize("k,stride,padding", [(4, 2, 3), (4, 2, 2), (3, 2, 2), (5, 2, 3)])

@@ -66,39 +66,72 @@ def _eager_out_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def zero_insert(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, (H-1)*s+1, (W-1)*s+1): x at every s-th pixel, zeros between."""
+def zero_insert(
+    x: torch.Tensor, stride: int, margin: int = 0, extra: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    """(N, C, H, W) -> x at every ``stride``-th pixel with zeros between, ``margin`` zero
+    rows/columns on each side and ``extra`` more at the bottom/right:
+    (N, C, (H-1)*s + 1 + 2*margin + extra[0], (W-1)*s + 1 + 2*margin + extra[1])."""
     n, c, h, w = x.shape
-    out = x.new_zeros(n, c, (h - 1) * stride + 1, (w - 1) * stride + 1)
-    out[:, :, ::stride, ::stride] = x
+    hs, ws = (h - 1) * stride + 1, (w - 1) * stride + 1
+    out = x.new_zeros(n, c, hs + 2 * margin + extra[0], ws + 2 * margin + extra[1])
+    out[:, :, margin : margin + hs : stride, margin : margin + ws : stride] = x
     return out
 
 
-def _transposed(x: torch.Tensor, filt: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
-    """``F.conv_transpose2d(x, filt, stride=stride, padding=padding, groups=C)`` for a depthwise
-    ``filt`` and ``padding <= k - 1``, computed as a stride-1 convolution (see module notes)."""
+def _transposed(
+    x: torch.Tensor, filt: torch.Tensor, stride: int, padding: int, extra: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    """``F.conv_transpose2d(x, filt, stride, padding, output_padding=extra, groups=C)`` for a
+    depthwise ``filt`` and ``padding <= k - 1``, as a stride-1 convolution of the zero-inserted
+    input (see module notes); its zero padding k - 1 - p is built into the zero-inserted map."""
     k = filt.shape[-1]
-    return F.conv2d(
-        zero_insert(x, stride), filt.flip(-2, -1), padding=k - 1 - padding, groups=x.shape[1]
-    )
+    buf = zero_insert(x, stride, k - 1 - padding, extra)
+    return F.conv2d(buf, filt.flip(-2, -1), groups=x.shape[1])
+
+
+def fold_reflect_pad(grad: torch.Tensor) -> torch.Tensor:
+    """The adjoint of a 1-pixel reflection pad: (N, C, H+2, W+2) -> (N, C, H, W), each padded
+    pixel's gradient added to the pixel it copies (row 0 to row 1, row H+1 to row H-2, the same
+    for columns, and the corners to both). ``reflection_pad2d_backward`` in bf16 is ~5x slower.
+    """
+    h, w = grad.shape[-2] - 2, grad.shape[-1] - 2
+    out = grad[:, :, 1:-1, 1:-1].clone()
+    # One index at a time: with a side of 3, rows (or columns) 1 and h - 2 are the same one.
+    out[:, :, :, 1] += grad[:, :, 1:-1, 0]
+    out[:, :, :, w - 2] += grad[:, :, 1:-1, w + 1]
+    for src, dst in ((0, 1), (h + 1, h - 2)):
+        row = grad[:, :, src, 1:-1].clone()
+        row[:, :, 1] += grad[:, :, src, 0]  # the corners: reflected in both directions
+        row[:, :, w - 2] += grad[:, :, src, w + 1]
+        out[:, :, dst, :] += row
+    return out
 
 
 class _StridedBlur(torch.autograd.Function):
-    """Depthwise ``conv2d(x, filt, stride)``; backward = its transposed convolution."""
+    """Depthwise ``conv2d(pad(x), filt, stride)``; backward = its transposed convolution, then
+    the pad's adjoint. ``reflect1``: the pad is a 1-pixel reflection, done here (so that its
+    backward is :func:`fold_reflect_pad`); otherwise ``x`` comes padded."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, filt: torch.Tensor, stride: int) -> torch.Tensor:  # noqa: ANN001
+    def forward(  # noqa: ANN001
+        ctx, x: torch.Tensor, filt: torch.Tensor, stride: int, reflect1: bool
+    ) -> torch.Tensor:
+        if reflect1:
+            x = F.pad(x, (1, 1, 1, 1), mode="reflect")
         ctx.save_for_backward(filt)
-        ctx.stride, ctx.size = stride, x.shape[-2:]
+        ctx.stride, ctx.size, ctx.reflect1 = stride, x.shape[-2:], reflect1
         return F.conv2d(x, filt, stride=stride, groups=x.shape[1])
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # noqa: ANN001
         (filt,) = ctx.saved_tensors
-        gx = _transposed(grad, filt, ctx.stride, 0)
-        # Input rows/columns past the last window got no weight: zero gradient.
+        s, k = ctx.stride, filt.shape[-1]
         h, w = ctx.size
-        return F.pad(gx, (0, w - gx.shape[-1], 0, h - gx.shape[-2])), None, None
+        # Input rows/columns past the last window got no weight: zero gradient there.
+        extra = (h - (grad.shape[-2] - 1) * s - k, w - (grad.shape[-1] - 1) * s - k)
+        gx = _transposed(grad, filt, s, 0, extra)
+        return (fold_reflect_pad(gx) if ctx.reflect1 else gx), None, None, None
 
 
 class _TransposedBlur(torch.autograd.Function):
@@ -125,9 +158,12 @@ def _reduced_down(layer: Downsample, x: torch.Tensor) -> torch.Tensor | None:
     dtype = _eager_out_dtype(x)
     if dtype not in _FAST_DTYPES:
         return None
+    reflect1 = isinstance(layer.pad, nn.ReflectionPad2d) and layer.pad.padding == (1, 1, 1, 1)
     with torch.autocast(x.device.type, enabled=False):
-        xp = layer.pad(x.to(dtype))
-        return _StridedBlur.apply(xp, layer.filt.to(dtype), layer.stride)
+        x = x.to(dtype)
+        if not reflect1:
+            x = layer.pad(x)
+        return _StridedBlur.apply(x, layer.filt.to(dtype), layer.stride, reflect1)
 
 
 @torch.jit.unused
