@@ -21,6 +21,12 @@ Two comparisons:
     python scripts/bench_train.py --size 32 --ngf 8 --iters 2 --precision fp32 bf16   # quick
     python scripts/bench_train.py --models cyclegan,cut,fastcut --size 128 --iters 5
     python scripts/bench_train.py --models cyclegan,cut,fastcut --size 32 --ngf 8 --iters 2
+    python scripts/bench_train.py --models cut,fastcut --rounds 3 --quiet-load 1.5  # shared box
+
+On a machine shared with other work, wall time per step is at the mercy of the other
+processes (two OpenMP threads on two busy cores can take 20x longer): the JSON gives each
+side's fastest step and CPU time per step too, the ratios from all three, and the 1-minute
+load average at each side's start.
 """
 
 from __future__ import annotations
@@ -280,16 +286,22 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         model.train_step(batch, ctx, scaler)
     _sync(device)
     warmup_s = time.perf_counter() - t0
-    times = []
+    times, cpu_times, loads = [], [], []
     for _ in range(spec["iters"]):
-        t0 = time.perf_counter()
+        loads.append(_load_1min())
+        t0, c0 = time.perf_counter(), time.process_time()
         losses = model.train_step(batch, ctx, scaler)
         _sync(device)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     finite = all(bool(torch.isfinite(v)) for v in losses.values())
     after = _memory_mib()
     out: dict[str, Any] = {
         "step_seconds": times,
+        # CPU time of this process (all its threads): less sensitive than wall time to other
+        # processes on a shared machine, though OpenMP's spin-waiting is in it too.
+        "step_cpu_seconds": cpu_times,
+        "load_1min": loads,
         "warmup_seconds": warmup_s,
         "rss_before_model_mib": before["VmRSS"],
         "peak_rss_mib": after["VmHWM"],
@@ -314,6 +326,26 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _load_1min() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return None
+
+
+def _wait_for_quiet(limit: float | None, max_wait_s: float) -> float | None:
+    """With ``--quiet-load``: wait (at most ``max_wait_s``) until the 1-minute load average is
+    below ``limit``, so that a side does not start while other work holds the cores."""
+    load = _load_1min()
+    if limit is None or load is None:
+        return load
+    deadline = time.monotonic() + max_wait_s
+    while load is not None and load >= limit and time.monotonic() < deadline:
+        time.sleep(5)
+        load = _load_1min()
+    return load
+
+
 def _run_side(args: argparse.Namespace, model: str, precision: str) -> dict[str, Any]:
     spec = {
         "model": model, "precision": precision, "size": args.size,
@@ -323,6 +355,7 @@ def _run_side(args: argparse.Namespace, model: str, precision: str) -> dict[str,
         "threads": args.threads, "seed": 0,
     }  # fmt: skip
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    load_at_start = _wait_for_quiet(args.quiet_load, args.quiet_wait)
     # stderr passes through: a failing side shows its own message or traceback.
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
@@ -330,7 +363,9 @@ def _run_side(args: argparse.Namespace, model: str, precision: str) -> dict[str,
             f"Error: timing --model {model} at {precision} failed (exit {proc.returncode}); "
             "its message is above"
         )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["load_at_start"] = load_at_start
+    return out
 
 
 def generator_sampling(spec: dict[str, Any]) -> tuple[str, str]:
@@ -369,6 +404,10 @@ def compare_models(args: argparse.Namespace, models: list[str]) -> dict[str, Any
             "seconds_per_step": _r(statistics.median(steps)),
             "seconds_per_step_min": _r(min(steps)),
             "seconds_per_step_max": _r(max(steps)),
+            "cpu_seconds_per_step": _r(
+                statistics.median(t for run in rs for t in run["step_cpu_seconds"])
+            ),
+            "load_1min": [_r(x, 2) for run in rs for x in [run["load_at_start"]] if x is not None],
             "timed_steps": len(steps),
             "round_medians": [_r(statistics.median(run["step_seconds"])) for run in rs],
             "warmup_seconds": [_r(run["warmup_seconds"], 2) for run in rs],
@@ -406,6 +445,10 @@ def compare_models(args: argparse.Namespace, models: list[str]) -> dict[str, Any
         for m, res in by_model.items():
             entry = {
                 "step": _r(res["seconds_per_step"] / ref["seconds_per_step"], 3),
+                # The same from the fastest step of each (the one least slowed by others'
+                # work) and from CPU time: on a shared machine, read the three together.
+                "step_from_min": _r(res["seconds_per_step_min"] / ref["seconds_per_step_min"], 3),
+                "step_from_cpu": _r(res["cpu_seconds_per_step"] / ref["cpu_seconds_per_step"], 3),
                 "memory": _r(res[mem_key] / ref[mem_key], 3),
             }
             if device.type != "cuda" and ref["train_rss_mib"] > 0:
@@ -574,6 +617,14 @@ def main() -> None:
     p.add_argument("--upsample", default=None, help="with --model: for every model")
     p.add_argument("--downsample", default=None, help="with --model: for every model")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--quiet-load",
+        type=float,
+        default=None,
+        help="with --model: before each side, wait until the 1-minute load average is below "
+        "this (a shared machine), at most --quiet-wait seconds; the loads are in the JSON",
+    )
+    p.add_argument("--quiet-wait", type=float, default=300.0, help="see --quiet-load")
     p.add_argument("--json", default=None, help="also write the JSON to this file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

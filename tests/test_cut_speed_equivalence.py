@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -300,3 +304,23 @@ def test_bf16_cut_resumes_bit_for_bit_through_the_fast_forms(tmp_path):
     for name in ("G_ab", "D_b", "F"):
         for k, v in a["models"][name].items():
             assert torch.equal(v, b["models"][name][k]), (name, k)
+
+
+# -- the benchmark's shared-machine readings ---------------------------------------------------
+
+
+def test_bench_train_gives_min_and_cpu_ratios_and_the_load():
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(repo / "scripts" / "bench_train.py"), "--models", "fastcut",
+           "--size", "32", "--ngf", "4", "--ndf", "4", "--threads", "1", "--iters", "2",
+           "--rounds", "1", "--warmup", "0", "--precision", "fp32",
+           "--quiet-load", "1000"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for model, res in out["results"]["fp32"].items():
+        assert 0 < res["cpu_seconds_per_step"] < 60, model
+        assert len(res["load_1min"]) == 1 and res["load_1min"][0] >= 0, model
+    ratio = out["ratio_to_cyclegan"]["fp32"]
+    assert ratio["cyclegan"]["step_from_min"] == ratio["cyclegan"]["step_from_cpu"] == 1.0
+    assert ratio["fastcut"]["step_from_min"] > 0 and ratio["fastcut"]["step_from_cpu"] > 0
