@@ -171,7 +171,9 @@ def test_no_input_image_is_an_error(tmp_path: Path, gen: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
     r = translate_with(tmp_path / "empty", tmp_path / "out", gen)
-    assert_user_error(r, "no input image found", f"{tmp_path / 'empty'}: holds no image or video files")
+    assert_user_error(
+        r, "no input image found", f"{tmp_path / 'empty'}: holds no image or video files"
+    )
     assert not (tmp_path / "out").exists()
     r = translate_with(tmp_path / "*.png", tmp_path / "out", gen)
     assert_user_error(r, "no input image found", "matches no image files")
