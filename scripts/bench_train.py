@@ -21,12 +21,14 @@ Two comparisons:
     python scripts/bench_train.py --size 32 --ngf 8 --iters 2 --precision fp32 bf16   # quick
     python scripts/bench_train.py --models cyclegan,cut,fastcut --size 128 --iters 5
     python scripts/bench_train.py --models cyclegan,cut,fastcut --size 32 --ngf 8 --iters 2
-    python scripts/bench_train.py --models cut,fastcut --rounds 3 --quiet-load 1.5  # shared box
+    python scripts/bench_train.py --models cut,fastcut --rounds 3 --quiet-load 1.5 --interleave 6
 
 On a machine shared with other work, wall time per step is at the mercy of the other
 processes (two OpenMP threads on two busy cores can take 20x longer): the JSON gives each
 side's fastest step and CPU time per step too, the ratios from all three, and the 1-minute
-load average at each side's start.
+load average at each side's start. ``--interleave CYCLES`` adds a timing of all models in one
+process, one step of each in turn: the median of the per-cycle ratios is the figure that
+holds up best on a busy machine.
 """
 
 from __future__ import annotations
@@ -346,6 +348,78 @@ def _wait_for_quiet(limit: float | None, max_wait_s: float) -> float | None:
     return load
 
 
+def run_interleaved(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every model in this one process, one step of each in turn (the order rotating each
+    cycle): a change in the machine's load hits all of them alike, so the per-cycle ratios
+    hold where separate processes' times do not. No memory figures (one process)."""
+    from cyclekit.training.model import build_model
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = resolve_device(spec["device"])
+    models, nets = spec["models"], {}
+    for name in models:
+        cfg = _child_config(spec | {"model": name})
+        torch.manual_seed(cfg.seed)
+        nets[name] = (build_model(cfg, device), cfg)
+    torch.manual_seed(0)
+    n, s = spec["batch_size"], spec["size"]
+    batch = {k: torch.rand(n, 3, s, s, device=device) * 2 - 1 for k in ("a", "b")}
+    ctx = autocast(device, spec["precision"])
+    scaler = torch.amp.GradScaler(device.type, enabled=spec["precision"] == "fp16")
+    for model, _ in nets.values():
+        for _ in range(spec["warmup"]):
+            model.train_step(batch, ctx, scaler)
+    _sync(device)
+    wall: dict[str, list[float]] = {m: [] for m in models}
+    cpu: dict[str, list[float]] = {m: [] for m in models}
+    for cycle in range(spec["iters"]):
+        k = cycle % len(models)
+        for name in models[k:] + models[:k]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            nets[name][0].train_step(batch, ctx, scaler)
+            _sync(device)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {"step_seconds": wall, "step_cpu_seconds": cpu, "threads": torch.get_num_threads()}
+
+
+def interleaved_comparison(
+    args: argparse.Namespace, models: list[str], precision: str
+) -> dict[str, Any]:
+    spec = {
+        "models": models, "precision": precision, "size": args.size,
+        "batch_size": args.batch_size, "ngf": args.ngf, "ndf": args.ndf, "netG": args.netG,
+        "upsample": args.upsample, "downsample": args.downsample, "iters": args.interleave,
+        "warmup": 2 if args.warmup is None else args.warmup, "device": args.device,
+        "threads": args.threads, "seed": 0,
+    }  # fmt: skip
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--interleaved-child", json.dumps(spec)]
+    load = _wait_for_quiet(args.quiet_load, args.quiet_wait)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"Error: the interleaved timing failed (exit {proc.returncode})")
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    wall, cpu = run["step_seconds"], run["step_cpu_seconds"]
+    out: dict[str, Any] = {"cycles": args.interleave, "load_at_start": load, "models": {}}
+    for m in models:
+        # Each cycle's ratio (the steps ran back to back), then the median over cycles.
+        cycle_ratios = [a / b for a, b in zip(wall[m], wall[REFERENCE], strict=True)]
+        cycle_cpu = [a / b for a, b in zip(cpu[m], cpu[REFERENCE], strict=True)]
+        out["models"][m] = {
+            "seconds_per_step": _r(statistics.median(wall[m])),
+            "cpu_seconds_per_step": _r(statistics.median(cpu[m])),
+            "step_ratio": _r(statistics.median(cycle_ratios), 3),
+            "step_ratio_range": [_r(min(cycle_ratios), 3), _r(max(cycle_ratios), 3)],
+            "cpu_step_ratio": _r(statistics.median(cycle_cpu), 3),
+        }
+        if m in TARGET_STEP_RATIO:
+            out["models"][m]["meets_step_target"] = (
+                out["models"][m]["step_ratio"] <= TARGET_STEP_RATIO[m]
+            )
+    return out
+
+
 def _run_side(args: argparse.Namespace, model: str, precision: str) -> dict[str, Any]:
     spec = {
         "model": model, "precision": precision, "size": args.size,
@@ -459,6 +533,11 @@ def compare_models(args: argparse.Namespace, models: list[str]) -> dict[str, Any
             ratios[prec][m] = entry
     info = machine_info(device)
     info["threads"] = runs[sides[0]][0]["threads"]  # what the timed processes used
+    interleaved = (
+        {p: interleaved_comparison(args, models, p) for p in dict.fromkeys(precisions)}
+        if args.interleave
+        else None
+    )
     return {
         "benchmark": "train_step_models",
         "models": models,
@@ -484,6 +563,7 @@ def compare_models(args: argparse.Namespace, models: list[str]) -> dict[str, Any
         "at tiny sizes",
         "results": results,
         "ratio_to_cyclegan": ratios,
+        "interleaved": interleaved,
         "warnings": warnings,
     }
 
@@ -626,11 +706,23 @@ def main() -> None:
     )
     p.add_argument("--quiet-wait", type=float, default=300.0, help="see --quiet-load")
     p.add_argument("--json", default=None, help="also write the JSON to this file")
+    p.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="CYCLES",
+        help="with --model: also time every model in one process, one step of each in turn "
+        "for CYCLES cycles, and give the median of the per-cycle ratios (robust to load)",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--interleaved-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.child is not None:
         print(json.dumps(run_child(json.loads(args.child))))
+        return
+    if args.interleaved_child is not None:
+        print(json.dumps(run_interleaved(json.loads(args.interleaved_child))))
         return
     models = _models(args)
     try:

@@ -309,12 +309,12 @@ def test_bf16_cut_resumes_bit_for_bit_through_the_fast_forms(tmp_path):
 # -- the benchmark's shared-machine readings ---------------------------------------------------
 
 
-def test_bench_train_gives_min_and_cpu_ratios_and_the_load():
+def test_bench_train_gives_min_cpu_and_interleaved_ratios_and_the_load():
     repo = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(repo / "scripts" / "bench_train.py"), "--models", "fastcut",
            "--size", "32", "--ngf", "4", "--ndf", "4", "--threads", "1", "--iters", "2",
            "--rounds", "1", "--warmup", "0", "--precision", "fp32",
-           "--quiet-load", "1000"]  # fmt: skip
+           "--quiet-load", "1000", "--interleave", "2"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -324,3 +324,9 @@ def test_bench_train_gives_min_and_cpu_ratios_and_the_load():
     ratio = out["ratio_to_cyclegan"]["fp32"]
     assert ratio["cyclegan"]["step_from_min"] == ratio["cyclegan"]["step_from_cpu"] == 1.0
     assert ratio["fastcut"]["step_from_min"] > 0 and ratio["fastcut"]["step_from_cpu"] > 0
+    inter = out["interleaved"]["fp32"]
+    assert inter["cycles"] == 2 and set(inter["models"]) == {"cyclegan", "fastcut"}
+    assert inter["models"]["cyclegan"]["step_ratio"] == 1.0
+    fast = inter["models"]["fastcut"]
+    assert fast["step_ratio_range"][0] <= fast["step_ratio"] <= fast["step_ratio_range"][1]
+    assert fast["meets_step_target"] == (fast["step_ratio"] <= 0.55)
