@@ -446,22 +446,33 @@ function noPreview(text) {
 // A thumbnail is requested only when it comes within 200 px of the window: our own observer,
 // so that the page can count requests. Each <img> also says loading="lazy", the browser's own
 // rule, whose margin is wider: it never holds back an image the observer asked for.
+const MARGIN = 200;
+function request(img) {
+  thumbs.unobserve(img);
+  if (img.src) return;  // asked for already
+  img.onload = () => { stats.loaded++; report(); };
+  img.onerror = () => {
+    stats.failed++;
+    img.replaceWith(noPreview(img.alt + ": no preview"));
+    report();
+  };
+  img.src = img.dataset.src;
+  stats.requested++;
+}
 const thumbs = new IntersectionObserver((seen) => {
-  for (const item of seen) {
-    if (!item.isIntersecting) continue;
-    const img = item.target;
-    thumbs.unobserve(img);
-    img.onload = () => { stats.loaded++; report(); };
-    img.onerror = () => {
-      stats.failed++;
-      img.replaceWith(noPreview(img.alt + ": no preview"));
-      report();
-    };
-    img.src = img.dataset.src;
-    stats.requested++;
-  }
+  for (const item of seen) if (item.isIntersecting) request(item.target);
   report();
-}, { rootMargin: "200px 0px" });
+}, { rootMargin: MARGIN + "px 0px" });
+
+// The observer's first report comes only after a rendered frame, which a busy machine (or a
+// headless browser's virtual clock) can put off: the first screen's thumbnails are asked for
+// as soon as their figures are laid out, by the same margin.
+function requestVisible(imgs) {
+  for (const img of imgs) {
+    const r = img.getBoundingClientRect();
+    if (r.top < innerHeight + MARGIN && r.bottom > -MARGIN) request(img);
+  }
+}
 
 function thumbUrl(href, thumb) {
   return thumb === "=" ? href : CONFIG.dir + "thumbs/" + thumb.slice(0, 2) + "/" + thumb + ".jpg";
@@ -525,7 +536,9 @@ async function fill() {
       const end = Math.min(shown + BATCH, view.rows.length);
       const batch = document.createDocumentFragment();
       for (; shown < end; shown++) batch.append(figure(view.rows[shown], shown));
+      const imgs = [...batch.querySelectorAll("img")];
       grid.append(batch);
+      requestVisible(imgs);
     }
   } catch (err) {
     $("status").textContent = "Missing gallery data (" + err.message + "): the gallery was " +
