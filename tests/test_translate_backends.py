@@ -145,3 +145,28 @@ def test_cli_backends_agree_and_a_failed_conversion_falls_back(
     r = translate_with(inp, tmp_path / "named", gen, "--backend", "openvino")
     assert_user_error(r, "Error: --backend openvino: cannot convert the generator")
     assert not (tmp_path / "named").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_batch_runs_on_the_streams_image_by_image(precision: str) -> None:
+    """A batch's images run side by side on OpenVINO's streams; each comes back in its place.
+    A stream has fewer threads than a lone image gets, so the kernels (and the last bits)
+    may differ from running it alone, but never by more than a rounding step, and the same
+    batch gives the same result every time."""
+    model, spec = _generator(seed=3)
+    run = backends.make_runner(model, spec, torch.device("cpu"), precision, "openvino")
+    assert isinstance(run, backends.OpenVinoRunner) and run.preferred_batch >= 1
+    x = torch.rand(5, 3, 32, 40) * 2 - 1
+    together = run(x)
+    alone = torch.cat([run(x[i : i + 1]) for i in range(5)])
+    assert together.shape == (5, 3, 32, 40)
+    assert torch.equal(run(x), together)
+    diff = np.abs(_pixels(together) - _pixels(alone))
+    assert diff.max() <= 1.0 and diff.mean() < 0.05, (diff.max(), diff.mean())
+    # In its place: each image is far nearer its own lone result than another's.
+    assert (together[1] - alone[1]).abs().max() < (together[1] - alone[2]).abs().max() / 10
+
+
+def test_cpu_list_format() -> None:
+    assert backends._cpu_list("0-1,4\n") == [0, 1, 4]
+    assert backends._cpu_list("3") == [3]

@@ -84,7 +84,7 @@ class TranslateOptions:
     skip_existing: bool = False
     report_path: Path | None = None
     gallery: bool = False
-    batch_size: int | None = None  # None: 1 on CPU/MPS, 8 on CUDA
+    batch_size: int | None = None  # None: 8 on CUDA, 1 on CPU/MPS (OpenVINO: its streams)
     device: str = "auto"
     precision: str = "auto"
     backend: str = "auto"  # torch or openvino (see cyclekit.translate.backends)
@@ -423,14 +423,18 @@ def translate_paths(
     check_run_outputs(inputs, opts, info.get("path"))
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
-    if opts.batch_size is None:
-        # On a CPU one image at a time is fastest (measured: 6.1 vs 3.7 images/s at 256x256,
-        # bf16, batch 1 vs 4): a batch's activations no longer fit in the caches.
-        opts = dataclasses.replace(opts, batch_size=8 if device.type == "cuda" else 1)
     # Before anything is written: a backend asked for by name that cannot run is an error.
     spec = info["spec"]
     torch_run = make_runner(model.to(device), device, precision)
     fast_run = backends.make_runner(model, spec, device, precision, opts.backend, torch_run)
+    # Videos and tiles run in torch (see ClipContext), so they keep torch's batch.
+    torch_batch = opts.batch_size or (8 if device.type == "cuda" else 1)
+    if opts.batch_size is None:
+        # In torch on a CPU one image at a time is fastest (measured: 6.1 vs 3.7 images/s at
+        # 256x256, bf16, batch 1 vs 4): a batch's activations no longer fit in the caches.
+        # OpenVINO runs a batch's images side by side, one per stream (see backends).
+        cpu_batch = getattr(fast_run, "preferred_batch", 1)
+        opts = dataclasses.replace(opts, batch_size=8 if device.type == "cuda" else cpu_batch)
     try:
         report = Report(None, opts.report_path, opts.progress, keep_entries=opts.gallery)
     except OSError as e:
@@ -457,7 +461,7 @@ def translate_paths(
         model,
         spec,
         torch_run,  # the temporal modes hook into the torch modules
-        opts.batch_size,
+        torch_batch,
         budget,
         opts.tile,
         opts.resize,
