@@ -211,6 +211,45 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+# Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s, no sparsity), matched
+# against torch.cuda.get_device_name(); CYCLEKIT_GPU_PEAK_TFLOPS overrides for other GPUs.
+GPU_BF16_PEAK = {
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 756e12,  # a name without the form factor: the lower figure
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+}
+
+
+def gpu_bf16_peak(device: torch.device) -> tuple[float | None, str]:
+    """(peak bf16 FLOP/s, where the figure came from) for a CUDA device, else (None, why)."""
+    if device.type != "cuda":
+        return None, "not a GPU"
+    given = os.environ.get("CYCLEKIT_GPU_PEAK_TFLOPS")
+    if given:
+        return float(given) * 1e12, "CYCLEKIT_GPU_PEAK_TFLOPS"
+    name = torch.cuda.get_device_name(device)
+    for key, peak in GPU_BF16_PEAK.items():  # most specific names first
+        if key in name:
+            return peak, f"data sheet ({key})"
+    return None, f"unknown GPU {name!r}: set CYCLEKIT_GPU_PEAK_TFLOPS"
+
+
+def count_flops(fn: Any) -> int:
+    """Floating-point operations of one call of ``fn`` (forward and backward, as counted by
+    torch.utils.flop_counter: convolutions and matrix products, 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def fastest_precision(device: torch.device) -> tuple[str, str]:
     """(precision, why): bf16 where it is native, fp32 on CPUs that would emulate it."""
     if device.type == "cuda":
@@ -649,6 +688,25 @@ def official_comparison(args: argparse.Namespace) -> dict[str, Any]:
     result["speedup_vs_official"] = {
         k: round(base / min(v), 3) for k, v in times.items() if k != "official_fp32"
     }
+    # The work of one step, counted once on the cyclekit fp32 side (the same networks and
+    # images on every side), and the fraction of the GPU's bf16 peak each side reaches.
+    flops = count_flops(sides[next(k for k in sides if k.startswith("cyclekit"))])
+    result["flops_per_step"] = flops
+    result["tflops_per_s"] = {k: round(flops / min(v) / 1e12, 3) for k, v in times.items()}
+    peak, source = gpu_bf16_peak(device)
+    result["bf16_peak_tflops"] = None if peak is None else round(peak / 1e12, 1)
+    result["bf16_peak_source"] = source
+    if peak:
+        result["fraction_of_bf16_peak"] = {
+            k: round(flops / min(v) / peak, 4) for k, v in times.items()
+        }
+    # What a user gets without flags: TrainConfig's precision (auto) on this device.
+    default = f"cyclekit_{resolve_precision(TrainConfig().precision, device)}"
+    if default in times:
+        result["default_settings"] = {
+            "side": default,
+            "speedup_vs_official": result["speedup_vs_official"][default],
+        }
     result["machine"] = machine_info(device)
     return result
 

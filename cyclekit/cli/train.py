@@ -261,7 +261,9 @@ CUT and FastCUT: cyclekit train --model cut --data datasets/horse2zebra --name h
     "--precision",
     name="precision",
     type=listed("precision"),
-    help="fp32, bf16 (autocast; fast on recent CPUs/GPUs), fp16 (CUDA), auto.",
+    help="auto (default): bf16 where the hardware computes it natively (CPUs with AVX-512 BF16 "
+    "or AMX, CUDA GPUs with bf16), fp16 on older CUDA GPUs, fp32 elsewhere. fp32: exact, "
+    "about 2x slower on those CPUs. bf16: autocast. fp16: CUDA only.",
 )
 @opt("--num-workers", name="num_workers", type=int, help="Data loading processes.")
 @opt(

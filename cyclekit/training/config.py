@@ -119,7 +119,7 @@ class TrainConfig:
     checkpoints_dir: str = "checkpoints"
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the hardware computes it natively (issue 15)
     num_workers: int = 4
     compile: bool = False  # torch.compile the four networks (slow start, faster steps)
     batch_size: int = 1

@@ -6,6 +6,7 @@ MASTER_ADDR / MASTER_PORT, which ``init_process_group`` reads from the environme
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +62,16 @@ def _env_int(name: str, default: str | None) -> int:
     return int(text)
 
 
-def shutdown() -> None:
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group. ``finished``: every rank ended the run normally, so all wait
+    for each other first (a rank that failed must not: its peers may be inside a collective)."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            # A rank that destroys the group while a peer's gloo thread still talks to it can
+            # abort at exit ("terminate called without an active exception"; seen once in the
+            # 2-process CPU test).
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
         dist.destroy_process_group()
 
 

@@ -66,6 +66,7 @@ def train(
     from tqdm import tqdm
 
     run, state = open_run(cfg, resume, explicit, overwrite)
+    finished = False
     try:
         model = build_trained_model(run, state)
         del state
@@ -147,7 +148,8 @@ def train(
             )
         run.tracker.finish()
         result.step, result.epoch = run.step, run.epoch
+        finished = True  # every rank got here (the fingerprints above are a collective)
         health.raise_if_stopped()  # --stop-on-alarm: last.pt is saved, exit with the reason
         return result
     finally:
-        run.close()
+        run.close(finished)

@@ -102,11 +102,13 @@ class Run:
         if self.main:
             print(msg, file=sys.stderr, flush=True)
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Release the run folder and the process group (``finished``: the run ended normally
+        on this rank; see :func:`~cyclekit.training.distributed.shutdown`)."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
-        shutdown()
+        shutdown(finished)
 
 
 def lr_factor(step: int, total_steps: int, decay_steps: int) -> float:
