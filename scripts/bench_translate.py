@@ -123,6 +123,45 @@ def _cpu_flags() -> list[str]:
     return sorted(wanted & set(flags))
 
 
+def _official_test_py(repo: Path, gen: Path, inputs: Path, work: Path) -> dict[str, float]:
+    """Wall time of the official ``test.py --model test`` (junyanz/pytorch-CycleGAN-and-pix2pix,
+    a checkout at ``repo``) on ``inputs``, with the same weights as cyclekit's side: its
+    ResnetGenerator has the same state_dict keys. Start-up (imports, building and loading the
+    network) is timed by a run with no image and reported apart; images/s counts both."""
+    import torch
+
+    from cyclekit.generator_io import load_generator
+
+    ckpt = work / "official_ckpt"
+    (ckpt / "bench").mkdir(parents=True, exist_ok=True)
+    model, _ = load_generator(gen)
+    torch.save(model.state_dict(), ckpt / "bench" / "latest_net_G.pth")
+    n = len(list(inputs.glob("*.jpg")))
+
+    def run(num: int, results: Path) -> float:
+        cmd = [
+            sys.executable, "test.py", "--dataroot", str(inputs), "--name", "bench",
+            "--model", "test", "--no_dropout", "--netG", "resnet_9blocks", "--norm", "instance",
+            "--num_test", str(num), "--results_dir", str(results), "--checkpoints_dir", str(ckpt),
+        ]  # fmt: skip
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"Error: official test.py failed: {done.stderr.strip()[-500:]}")
+        return time.perf_counter() - start
+
+    startup = run(0, work / "official_empty")
+    total = run(n, work / "official_out")
+    written = list((work / "official_out").rglob("*_fake.png"))
+    assert len(written) == n, f"official test.py wrote {len(written)} of {n} images"
+    return {
+        "images_per_s": round(n / total, 2),
+        "seconds": round(total, 1),
+        "startup_s": round(startup, 1),
+        "images_per_s_after_startup": round(n / max(total - startup, 1e-9), 2),
+    }
+
+
 def _compare_backends(args: argparse.Namespace) -> dict[str, object]:
     """Each backend and the official way, alternated over ``--rounds`` in one process (the
     machine's speed drifts), JPEG in and out at 256x256; conversion cached after round 1."""
@@ -142,10 +181,24 @@ def _compare_backends(args: argparse.Namespace) -> dict[str, object]:
         os.environ["CYCLEKIT_CACHE"] = str(work / "cache")  # the first conversion is timed
         gen = _make_generator(work / "G.pt")
         small = _make_inputs(work / "in256", args.n256, (256, 256))
+        if args.official_repo:
+            runs["official_test_py"] = []
         for r in range(args.rounds):
             for name, options in sides.items():
                 runs[name].append(_timed(gen, small, work / f"{name}_{r}", **options))
+            if args.official_repo:
+                runs["official_test_py"].append(
+                    _official_test_py(args.official_repo, gen, small, work / f"official_{r}")
+                )
     best = {name: max(x["images_per_s"] for x in xs) for name, xs in runs.items()}
+    extra: dict[str, object] = {}
+    if args.official_repo:
+        # The issue's yardstick: the official script end to end (start-up included), against
+        # cyclekit's default end to end (its warm-up, e.g. OpenVINO's conversion, reported
+        # in first_conversion_s; start-up of a cyclekit process is not in images_per_s).
+        extra["speedup_vs_official_test_py"] = {
+            n: round(v / best["official_test_py"], 2) for n, v in best.items()
+        }
     return {
         "model": "resnet_9blocks ngf=64",
         "images": f"{args.n256} JPEGs 256x256, JPEG out",
@@ -156,7 +209,8 @@ def _compare_backends(args: argparse.Namespace) -> dict[str, object]:
         "speedup_vs_official": {
             n: round(v / best["torch_fp32_batch1_official_settings"], 2) for n, v in best.items()
         },
-        "first_conversion_s": {n: xs[0]["warmup_s"] for n, xs in runs.items()},
+        "first_conversion_s": {n: xs[0]["warmup_s"] for n, xs in runs.items() if n in sides},
+        **extra,
     }
 
 
@@ -177,6 +231,13 @@ def main() -> None:
         "torch,openvino), each at --precision auto, beside the official way (fp32, batch 1)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of --backends, alternated")
+    parser.add_argument(
+        "--official-repo",
+        type=Path,
+        default=None,
+        help="with --backends: also time the official test.py from this checkout of "
+        "junyanz/pytorch-CycleGAN-and-pix2pix (its python deps, e.g. dominate, importable)",
+    )
     parser.add_argument("--big-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.big_child:
