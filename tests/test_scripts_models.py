@@ -83,6 +83,30 @@ def test_bench_train_official_comparison_still_works(tmp_path):
     assert set(out["seconds_per_iter"]) == {"official_fp32", "cyclekit_fp32"}
     assert all(_finite(v) and v > 0 for v in out["seconds_per_iter"].values())
     assert _finite(out["speedup_vs_official"]["cyclekit_fp32"])
+    # The work of a step: one ResNet-6 generator's forward at ngf 8 on 32x32 alone is ~0.1
+    # GFLOP; a step (2 G, 2 D, forward and backward) is several times that.
+    assert 1e8 < out["flops_per_step"] < 1e11, out["flops_per_step"]
+    assert out["bf16_peak_source"] == "not a GPU" and "fraction_of_bf16_peak" not in out
+
+
+def test_gpu_peak_lookup(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts/bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    spec.loader.exec_module(bench)
+    cuda = torch.device("cuda")
+    names = {"NVIDIA H200": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA A100-SXM4-80GB": 312e12}
+    for name, peak in names.items():
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda d, n=name: n)
+        assert bench.gpu_bf16_peak(cuda)[0] == peak
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "Some Future GPU")
+    assert bench.gpu_bf16_peak(cuda)[0] is None
+    monkeypatch.setenv("CYCLEKIT_GPU_PEAK_TFLOPS", "100")
+    assert bench.gpu_bf16_peak(cuda) == (100e12, "CYCLEKIT_GPU_PEAK_TFLOPS")
 
 
 def test_bench_train_bad_flags_are_one_line():
