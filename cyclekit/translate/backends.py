@@ -125,8 +125,8 @@ class OpenVinoRunner:
         )
         self._request = self._single.create_infer_request()
         self._queue: Any = None  # the streams, compiled when a batch first comes
-        # What the throughput mode would choose, without compiling it: one stream per
-        # physical core up to the plugin's own choice; never fewer than 1.
+        # An estimate of the throughput mode's streams without compiling it: one per
+        # physical core, at most 4 (a batch larger than the streams just queues).
         self.preferred_batch = max(1, min(4, _physical_cores()))
 
     def _streams(self) -> Any:

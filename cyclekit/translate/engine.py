@@ -433,8 +433,8 @@ def translate_paths(
         # In torch on a CPU one image at a time is fastest (measured: 6.1 vs 3.7 images/s at
         # 256x256, bf16, batch 1 vs 4): a batch's activations no longer fit in the caches.
         # OpenVINO runs a batch's images side by side, one per stream (see backends).
-        cpu_batch = getattr(fast_run, "preferred_batch", 1)
-        opts = dataclasses.replace(opts, batch_size=8 if device.type == "cuda" else cpu_batch)
+        batch = getattr(fast_run, "preferred_batch", torch_batch)
+        opts = dataclasses.replace(opts, batch_size=batch)
     try:
         report = Report(None, opts.report_path, opts.progress, keep_entries=opts.gallery)
     except OSError as e:
