@@ -122,6 +122,8 @@ def train_config(
         seed=seed,
         device=device,
         precision="auto",
+        # Minutes of small networks: compiling (about 2 min on a 2-core CPU) would eat the budget.
+        compile=False,
         num_workers=0,  # 64-pixel PNGs decode faster than worker processes start
         log_every=10,
         sample_every=100,

@@ -54,6 +54,7 @@ from torch import nn
 from cyclekit.devices import autocast, resolve_device, resolve_precision
 from cyclekit.errors import CyclekitError, UsageError
 from cyclekit.files import atomic_write
+from cyclekit.training.compiling import choose_compile
 from cyclekit.training.config import MODELS, TrainConfig
 from cyclekit.training.cyclegan import build_cyclegan, train_step
 
@@ -700,13 +701,24 @@ def official_comparison(args: argparse.Namespace) -> dict[str, Any]:
         result["fraction_of_bf16_peak"] = {
             k: round(flops / min(v) / peak, 4) for k, v in times.items()
         }
-    # What a user gets without flags: TrainConfig's precision (auto) on this device.
-    default = f"cyclekit_{resolve_precision(TrainConfig().precision, device)}"
+    # What a user gets without flags: TrainConfig's precision (auto) on this device, and
+    # --compile auto for a real run's plan (horse2zebra: 1,334 A images x 200 epochs).
+    prec = resolve_precision(TrainConfig().precision, device)
+    planned = 1334 * 200 // args.batch_size
+    choice = choose_compile(None, device, planned, args.batch_size * args.size**2)
+    default = f"cyclekit_{prec}" + ("_compiled" if choice.enabled else "")
+    if choice.enabled and prec == "bf16" and f"cyclekit_{prec}_compiled" in times:
+        saved = min(times[f"cyclekit_{prec}"]) - min(times[default])
+        even = round(compile_s[default] / saved) if saved > 0 else None
+        result["compile_break_even_steps"] = even
     if default in times:
         result["default_settings"] = {
             "side": default,
+            "compile": f"{'on' if choice.enabled else 'off'} ({choice.reason})",
             "speedup_vs_official": result["speedup_vs_official"][default],
         }
+    elif choice.enabled:
+        result["default_settings"] = {"side": default, "note": "not timed: add --compile"}
     result["machine"] = machine_info(device)
     return result
 

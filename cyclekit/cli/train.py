@@ -269,7 +269,10 @@ CUT and FastCUT: cyclekit train --model cut --data datasets/horse2zebra --name h
 @opt(
     "--compile/--no-compile",
     name="compile",
-    help="torch.compile the networks: a slow first step, then faster ones (GPU mostly).",
+    help="torch.compile the networks: minutes of compiling before the first step, then "
+    "faster steps (1.4x at 128^2 with bf16 on a 2-core AMX CPU). Default (neither flag): auto, "
+    "on when the planned steps x pixels are far past the point where compiling pays back and "
+    "a C++ compiler (CPU) or Triton (CUDA) is there; the start-up line says which and why.",
 )
 @opt("--log-every", name="log_every", type=int, help="Steps between loss logs.")
 @opt("--sample-every", name="sample_every", type=int, help="Steps between sample grids.")

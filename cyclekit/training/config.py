@@ -121,7 +121,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # bf16 where the hardware computes it natively (issue 15)
     num_workers: int = 4
-    compile: bool = False  # torch.compile the four networks (slow start, faster steps)
+    # torch.compile the networks (slow start, faster steps); None = auto: long runs where a
+    # compiler exists (see cyclekit.training.compiling)
+    compile: bool | None = None
     batch_size: int = 1
     epochs: int | None = None  # epochs at the initial learning rate (model default)
     epochs_decay: int | None = None  # epochs of linear decay to 0 (model default)

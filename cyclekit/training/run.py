@@ -28,6 +28,11 @@ from cyclekit.devices import resolve_device, resolve_precision
 from cyclekit.files import atomic_save, remove_stale_temporaries, write_yaml
 from cyclekit.generator_io import save_generator
 from cyclekit.models import side_multiple
+from cyclekit.training.compiling import (
+    CompileChoice,
+    choose_compile,
+    fall_back_to_eager_on_compile_errors,
+)
 from cyclekit.training.config import TrainConfig
 from cyclekit.training.distributed import (
     DistInfo,
@@ -85,6 +90,7 @@ class Run:
     saved_step: int | None = None  # the step of the last.pt on disk (a good state)
     # The best evaluation so far (see cyclekit.training.evaluation), kept in last.pt.
     best: dict[str, Any] | None = None
+    compiled: CompileChoice = CompileChoice(False, "not decided")
 
     @property
     def main(self) -> bool:
@@ -215,6 +221,13 @@ def _build_run(
         if batch_a is not None and batch_b is not None:
             n = min(len(batch_a), len(batch_b))
             samples = (batch_a[:n], batch_b[:n])
+    steps_per_epoch = math.ceil(sampler.per_rank / cfg.batch_size)
+    planned_steps = cfg.total_epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        planned_steps = min(planned_steps, cfg.max_steps)
+    compiled = choose_compile(
+        cfg.compile, device, planned_steps, cfg.batch_size * cfg.crop_size**2, cfg.max_minutes
+    )
     return Run(
         cfg=cfg,
         dist=dist,
@@ -224,12 +237,13 @@ def _build_run(
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         loader=loader,
         sampler=sampler,
-        steps_per_epoch=math.ceil(sampler.per_rank / cfg.batch_size),
+        steps_per_epoch=steps_per_epoch,
         n_images=(len(domain_a.files), len(domain_b.files)),
         samples=samples,
         lock=lock,
         resume_path=resume_path,
         deadline=time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None,
+        compiled=compiled,
     )
 
 
@@ -256,7 +270,9 @@ def build_trained_model(run: Run, state: dict[str, Any] | None) -> TrainModel:
         # Wrap after loading: checkpoints hold the plain modules' keys.
         ids = [run.device.index] if run.device.type == "cuda" else None
         model.wrap_networks(lambda _, net: DistributedDataParallel(net, device_ids=ids))
-    if run.cfg.compile:
+    if run.compiled.enabled:
+        if run.cfg.compile is None:  # auto: a failed compile must not end a long run
+            fall_back_to_eager_on_compile_errors()
         model.wrap_networks(lambda _, net: torch.compile(net))
     set_lr(run, model)
     return model
@@ -278,7 +294,9 @@ def start_writing(run: Run) -> None:
         f"training {cfg.name}: {run.n_images[0]} A / {run.n_images[1]} B images, "
         f"{run.steps_per_epoch} steps/epoch x {cfg.total_epochs} epochs, batch {cfg.batch_size}"
         + (per_process if world > 1 else "")
-        + f", {run.device.type} {run.precision}; run folder {run.run_dir}"
+        + f", {run.device.type} {run.precision}, torch.compile "
+        + ("on" if run.compiled.enabled else "off")
+        + f" ({run.compiled.reason}); run folder {run.run_dir}"
     )
 
 
