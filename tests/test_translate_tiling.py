@@ -11,7 +11,13 @@ from PIL import Image
 
 import cyclekit.translate.tiling as tiling
 from cyclekit.models import build_generator
-from tests.test_translate_common import assert_user_error, cli, make_generator, photo
+from tests.test_translate_common import (
+    assert_user_error,
+    cli,
+    make_generator,
+    photo,
+    tiny_spec,
+)
 
 # Measured on a 512x512 photo-like image, random-init resnet_6blocks ngf=4, fp32, in the
 # generator's [-1, 1] output units: tile 256 -> max 1.7e-3, mean 6.8e-5; tile 384 -> max 1.6e-3,
@@ -150,3 +156,59 @@ def test_out_of_memory_fails_that_image_and_a_bug_keeps_its_traceback(
     message = "The size of tensor a (4) must match the size of tensor b (5)"  # a bug
     with pytest.raises(RuntimeError, match="must match"):
         cli(*args, "-o", str(tmp_path / "o2"))
+
+
+class _Started:
+    """A batch a fake background runner was given; finished when the test says so."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x, self.ready = x, False
+
+    def result(self) -> torch.Tensor:
+        assert self.ready, "the Batcher waited on a batch the test had not finished"
+        return -self.x  # a visible, per-image transform
+
+
+class _BackgroundRunner:
+    def __init__(self) -> None:
+        self.started: list[_Started] = []
+        self.finish_at_once = False
+
+    def submit(self, x: torch.Tensor) -> _Started:
+        self.started.append(_Started(x))
+        self.started[-1].ready = self.finish_at_once
+        return self.started[-1]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return -x
+
+
+def test_batches_run_in_the_background_and_come_back_in_order() -> None:
+    """With a runner that can work in the background, the Batcher starts a batch and goes
+    on (decoding the next images) until two are in flight; results come back in the order
+    the images came, each image with its own output."""
+    spec = tiny_spec()
+    run = _BackgroundRunner()
+    b = tiling.Batcher(build_generator(**spec), spec, run, 2, 1 << 30)
+    images = [np.full((8, 8, 3), 10 * i, np.uint8) for i in range(7)]
+    done = []
+    assert b.add("i0", images[0]) == [] and b.add("i1", images[1]) == []  # batch 1 started
+    assert len(run.started) == 1 and len(b.in_flight) == 1
+    done += b.add("i2", images[2]) + b.add("i3", images[3])  # batch 2: two in flight
+    assert done == [] and len(b.in_flight) == 2
+    run.started[0].ready = True
+    done += b.add("i4", images[4])  # batch 1 is finished: it comes back without waiting
+    assert [item for item, _ in done] == ["i0", "i1"]
+    run.started[1].ready = True
+    done += b.add("i5", images[5])  # batch 3 started; batch 2 collected
+    assert [item for item, _ in done] == ["i0", "i1", "i2", "i3"]
+    done += b.add("i6", images[6])
+    for s in run.started:
+        s.ready = True
+    run.finish_at_once = True
+    done += b.flush()  # the odd last image joins the queue behind the others
+    assert [item for item, _ in done] == [f"i{i}" for i in range(7)]
+    for i, (_, out) in enumerate(done):
+        # -x in model units: 10 i -> 255 - 10 i (rounded), the image's own.
+        assert out.shape == (8, 8, 3) and abs(int(out[0, 0, 0]) - (255 - 10 * i)) <= 1
+    assert not b.in_flight and not b.pending

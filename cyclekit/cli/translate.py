@@ -115,7 +115,8 @@ DEFAULT_TEMPORAL = "flow"
     type=click.IntRange(min=1),
     default=None,
     help="Images of the same size run together. Default: 8 on CUDA; on a CPU 1 in torch "
-    "(fastest there), one per core with OpenVINO (they run side by side).",
+    "(fastest there), two per core with OpenVINO (they run side by side while the next "
+    "images are decoded).",
 )
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where to run.")
 @click.option(

@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import json
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -106,13 +107,49 @@ def _openvino_model(model: nn.Module, spec: dict[str, Any]) -> Any:
     return core.read_model(xml)
 
 
+class Pending:
+    """The outputs of one batch submitted to OpenVINO's streams, filled in by its callbacks
+    (on OpenVINO's threads) as each image finishes."""
+
+    def __init__(self, n: int) -> None:
+        self._outputs: list[Any] = [None] * n
+        self._left = n
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    def _finish(self, request: Any, i: int) -> None:
+        try:
+            out = request.get_output_tensor(0).data.copy()
+        except BaseException as e:  # the inference failed: keep the error for result()
+            out, self._error = None, e
+        with self._lock:
+            self._outputs[i] = out
+            self._left -= 1
+            if self._left == 0:
+                self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._done.is_set()
+
+    def result(self) -> torch.Tensor:
+        self._done.wait()
+        if self._error is not None:
+            raise RuntimeError(f"OpenVINO inference failed: {self._error}") from self._error
+        return torch.from_numpy(np.concatenate(self._outputs))
+
+
 class OpenVinoRunner:
     """``run(x)`` on OpenVINO. One image runs on every core (the latency mode); a batch of
     several is split into single images that run side by side on OpenVINO's streams (its
-    throughput mode: on a 2-core CPU, two streams of one core each). On a quiet 2-core Xeon
-    with AMX, two streams gave 10.5-12.2 images/s at 256x256 against 8.2-11.6 for one image
-    at a time on both cores (``scripts/bench_translate.py``), so translate hands OpenVINO
-    :attr:`preferred_batch` images at a time."""
+    throughput mode: on a 2-core CPU, two streams of one core each).
+
+    :meth:`submit` starts a batch and returns at once, so that translate decodes the next
+    images while the streams work, and the streams never wait between batches: it keeps up to
+    two requests per stream queued. On a 2-core Xeon with AMX at 256x256, batches of 8 ran at
+    1.25x the images/s of one image at a time across both cores, batches of 2 at 0.91x
+    (medians of per-round ratios over 12 interleaved rounds; scripts/bench_translate.py)."""
 
     def __init__(self, ov_model: Any, hint: str) -> None:
         import openvino as ov
@@ -126,8 +163,8 @@ class OpenVinoRunner:
         self._request = self._single.create_infer_request()
         self._queue: Any = None  # the streams, compiled when a batch first comes
         # An estimate of the throughput mode's streams without compiling it: one per
-        # physical core, at most 4 (a batch larger than the streams just queues).
-        self.preferred_batch = max(1, min(4, _physical_cores()))
+        # physical core, at most 4; each batch fills every stream twice over.
+        self.preferred_batch = 2 * max(1, min(4, _physical_cores()))
 
     def _streams(self) -> Any:
         if self._queue is None:
@@ -137,25 +174,28 @@ class OpenVinoRunner:
                 {"INFERENCE_PRECISION_HINT": self._hint, "PERFORMANCE_HINT": "THROUGHPUT"},
             )
             n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            self._queue = self._ov.AsyncInferQueue(compiled, max(1, n))
+            # Two requests per stream: one runs while the next waits, already set up.
+            self._queue = self._ov.AsyncInferQueue(compiled, 2 * max(1, n))
+            self._queue.set_callback(lambda request, slot: slot[0]._finish(request, slot[1]))
         return self._queue
+
+    def submit(self, x: torch.Tensor) -> Pending:
+        """Start ``x``'s images on the streams; the result comes from ``.result()``. Blocks
+        only while every request is busy."""
+        x = x.contiguous()
+        queue = self._streams()
+        pending = Pending(x.shape[0])
+        for i in range(x.shape[0]):
+            # OpenVINO copies the input into the request before start_async returns.
+            queue.start_async([x[i : i + 1].numpy()], (pending, i))
+        return pending
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
         if x.shape[0] == 1:
             out = self._request.infer([x.numpy()])
             return torch.from_numpy(next(iter(out.values())).copy())
-        queue = self._streams()
-        results: list[Any] = [None] * x.shape[0]
-
-        def keep(request: Any, i: int) -> None:
-            results[i] = request.get_output_tensor(0).data.copy()
-
-        queue.set_callback(keep)
-        for i in range(x.shape[0]):
-            queue.start_async([x[i : i + 1].numpy()], i)
-        queue.wait_all()
-        return torch.from_numpy(np.concatenate(results))
+        return self.submit(x).result()
 
 
 def _physical_cores() -> int:

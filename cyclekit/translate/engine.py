@@ -84,7 +84,7 @@ class TranslateOptions:
     skip_existing: bool = False
     report_path: Path | None = None
     gallery: bool = False
-    batch_size: int | None = None  # None: 8 on CUDA, 1 on CPU/MPS (OpenVINO: its streams)
+    batch_size: int | None = None  # None: 8 on CUDA, 1 on CPU/MPS (OpenVINO: 2 per stream)
     device: str = "auto"
     precision: str = "auto"
     backend: str = "auto"  # torch or openvino (see cyclekit.translate.backends)
@@ -432,7 +432,8 @@ def translate_paths(
     if opts.batch_size is None:
         # In torch on a CPU one image at a time is fastest (measured: 6.1 vs 3.7 images/s at
         # 256x256, bf16, batch 1 vs 4): a batch's activations no longer fit in the caches.
-        # OpenVINO runs a batch's images side by side, one per stream (see backends).
+        # OpenVINO runs a batch's images side by side, two per stream, while the next images
+        # are decoded (see backends.OpenVinoRunner and tiling.Batcher).
         batch = getattr(fast_run, "preferred_batch", torch_batch)
         opts = dataclasses.replace(opts, batch_size=batch)
     try:

@@ -11,6 +11,7 @@ cut edges, and those pixels get almost no weight in the overlap blend.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 from collections.abc import Callable, Iterator
@@ -318,6 +319,11 @@ class Batcher:
         self.stats_filter = stats_filter  # for tiled images only (see run_tiled)
         self.multiple = geometry(spec)[0]
         self.pending: dict[tuple[int, ...], list[tuple[Any, np.ndarray]]] = {}
+        # Batches started on a runner that can work in the background (``run.submit``, see
+        # backends.OpenVinoRunner): their images are decoded while the model runs.
+        self.in_flight: collections.deque[tuple[list[tuple[Any, np.ndarray]], Any]] = (
+            collections.deque()
+        )
 
     def _max_batch(self, h: int, w: int) -> int:
         return max(1, min(self.batch_size, self.budget // max(1, peak_bytes(self.spec, h, w))))
@@ -371,16 +377,34 @@ class Batcher:
         if sum(len(g) for g in self.pending.values()) >= 2 * self.batch_size:
             # Many sizes in flight: don't hold decoded images forever.
             return self._run_group(max(self.pending, key=lambda k: len(self.pending[k])))
-        return []
+        return self._collect(wait_for=0)  # batches finished meanwhile go to be written
 
     def flush(self) -> list[tuple[Any, np.ndarray | Exception]]:
         done = []
         for key in list(self.pending):
             done += self._run_group(key)
+        return done + self._collect(wait_for=len(self.in_flight))
+
+    def _collect(self, wait_for: int) -> list[tuple[Any, np.ndarray | Exception]]:
+        """Results of the batches in flight: the oldest ``wait_for`` waited for, then any
+        others already finished (in the order they were started)."""
+        done = []
+        while self.in_flight and (wait_for > 0 or self.in_flight[0][1].ready):
+            group, pending = self.in_flight.popleft()
+            wait_for -= 1
+            y = from_model_output(pending.result(), inplace=True)
+            done += [(item, out) for (item, _), out in zip(group, y, strict=True)]
         return done
 
     def _run_group(self, key: tuple[int, ...]) -> list[tuple[Any, np.ndarray | Exception]]:
         group = self.pending.pop(key)
+        submit = getattr(self.run, "submit", None)
+        if submit is not None and (len(group) > 1 or self.in_flight):
+            # One batch running and one queued behind it keep the streams busy; a third
+            # waits for the first.
+            x = to_model_input(np.stack([p for _, p in group]))
+            self.in_flight.append((group, submit(x)))
+            return self._collect(wait_for=len(self.in_flight) - 2)
         try:
             # (One image, the CPU default: a view, not np.stack's copy.)
             x = to_model_input(
