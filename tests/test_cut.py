@@ -127,6 +127,48 @@ def test_the_step_updates_d_then_g_and_head_with_d_frozen(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, m.D_b.parameters(), strict=True))
 
 
+@pytest.mark.parametrize("model", ["cut", "fastcut"])
+def test_keys_from_the_forward_pass_train_as_the_encoder_rerun_does(model, monkeypatch):
+    # The step keeps the PatchNCE keys from G's forward pass instead of encoding the
+    # inputs again as the official code does; both must train the same networks.
+    from cyclekit.models.resnet import ResnetGenerator
+
+    cfg = TrainConfig(data="x", model=model, netG="resnet_6blocks", ngf=4, ndf=4, crop_size=32)
+    gen = torch.Generator().manual_seed(3)
+    batches = [{k: torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1 for k in "ab"} for _ in range(4)]
+
+    def trained(reuse: bool) -> tuple[list[torch.Tensor], list[dict[str, float]]]:
+        if not reuse:
+            monkeypatch.setattr(ResnetGenerator, "keeps_intact", lambda self, layers: False)
+        m = build_cut(cfg, torch.device("cpu"))
+        encoded = []
+        encode = m.G_ab.encode
+        m.G_ab.encode = lambda x, layers: encoded.append(1) or encode(x, layers)
+        losses = [
+            {k: float(v) for k, v in m.train_step(b, autocast(torch.device("cpu"), "fp32"),
+                                                  _no_scaler()).items()}
+            for b in batches
+        ]  # fmt: skip
+        monkeypatch.undo()
+        calls.append(len(encoded))
+        params = [p.detach().clone() for n in ("G_ab", "D_b", "F") for p in
+                  getattr(m, n).parameters()]  # fmt: skip
+        return params, losses
+
+    calls: list[int] = []
+    reused, rerun = trained(True), trained(False)
+    for a, b in zip(reused[0], rerun[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(reused[1], rerun[1], strict=True):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    # CUT encodes the translation and the identity, not the inputs again (2 a step, not 4);
+    # FastCUT skips the rerun on the steps it does not flip.
+    if model == "cut":
+        assert calls == [2 * 4, 4 * 4]
+    else:
+        assert calls[0] < calls[1] == 2 * 4
+
+
 def _no_scaler():
     return torch.amp.GradScaler("cpu", enabled=False)
 

@@ -287,6 +287,28 @@ def test_encode_stops_after_the_last_requested_layer():
     assert called == [9]
 
 
+def test_forward_keeps_the_same_activations_encode_gives_and_the_same_output():
+    torch.manual_seed(0)
+    g = ResnetGenerator(ngf=4, n_blocks=5, downsample="antialias", upsample="antialias")
+    x = torch.randn(2, 3, 16, 20)
+    layers = [0, 4, 8, 12, 16]
+    with g.keeping(layers):
+        out = g(x)
+    assert g.keep_layers is None and torch.equal(out, g(x))
+    assert len(g.kept) == len(layers)
+    for a, b in zip(g.kept, g.encode(x, layers), strict=True):
+        assert torch.equal(a, b) and not a.requires_grad
+
+
+def test_forward_refuses_to_keep_a_layer_an_in_place_relu_overwrites():
+    g = ResnetGenerator(ngf=4, n_blocks=5, norm="none", downsample="antialias")
+    # With no norm, the ReLU after the conv at 4 works in place on its output.
+    assert g.keeps_intact([0, 12, 16]) and not g.keeps_intact([0, 4])
+    with pytest.raises(ValueError, match="in-place"):
+        g.keeping([0, 4])
+    assert not ResnetGenerator(ngf=4, n_blocks=1).keeps_intact([2])  # norm then ReLU
+
+
 @pytest.mark.parametrize("layers", [[], [4, 0], [0, 0], [-1], [0, 99]])
 def test_encode_refuses_bad_layer_lists(layers):
     g = ResnetGenerator(ngf=4, n_blocks=1)
@@ -330,6 +352,21 @@ def test_head_lazy_build_is_deterministic_given_the_seed():
         assert torch.equal(a, b)
     with pytest.raises(RuntimeError):
         fresh.build([3, 8, 16])
+
+
+def test_l2_normalize_matches_the_official_formula_and_survives_a_zero_row():
+    from cyclekit.models.patch_sample import l2_normalize
+
+    x = torch.randn(5, 7)
+    official = x / (x.pow(2).sum(1, keepdim=True).pow(0.5) + 1e-7)
+    assert torch.equal(l2_normalize(x), official)
+    # A row of zeros (all hidden ReLUs off) once made every later step NaN.
+    # There the norm contributes nothing and x / eps is what is left to differentiate.
+    x = torch.cat([torch.zeros(1, 7), torch.randn(2, 7)]).requires_grad_()
+    upstream = torch.randn(3, 7)
+    (l2_normalize(x) * upstream).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad[0], upstream[0] / 1e-7)
 
 
 def test_head_layout_and_init_are_the_official_ones():

@@ -20,8 +20,16 @@ from cyclekit.models.init import init_weights
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Rows of ``x`` divided by their L2 norm plus ``eps`` (the official ``Normalize(2)``)."""
-    norm = x.pow(2).sum(1, keepdim=True).pow(0.5)
+    """Rows of ``x`` divided by their L2 norm plus ``eps`` (the official ``Normalize(2)``).
+
+    The official norm, ``x.pow(2).sum(1).pow(0.5)``, has an infinite derivative at a zero row
+    (a patch whose hidden ReLUs are all off), which turns the step's gradients to NaN for
+    good. Here the square root is taken of nonzero sums only: the same values, bit for bit,
+    and a zero derivative of the norm at a zero row.
+    """
+    sq = x.pow(2).sum(1, keepdim=True)
+    nonzero = sq > 0
+    norm = torch.where(nonzero, torch.where(nonzero, sq, 1.0).pow(0.5), 0.0)
     return x / (norm + eps)
 
 

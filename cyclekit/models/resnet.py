@@ -127,9 +127,52 @@ class ResnetGenerator(nn.Module):
             layers += [make_norm(c_out), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*layers)
+        # Set only inside `keeping`; None (a TorchScript constant) for scripting and export.
+        self.keep_layers: list[int] | None = None
+        self.kept: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.keep_layers is not None and not torch.jit.is_scripting():
+            return self._forward_keeping(x, self.keep_layers)
         return self.model(x)
+
+    @torch.jit.unused
+    def _forward_keeping(self, x: torch.Tensor, keep: list[int]) -> torch.Tensor:
+        """The translation; the activations :meth:`encode` would give for ``keep`` are left
+        in ``self.kept``, detached. CUT's PatchNCE keys come from this same pass (the
+        official code runs the encoder a second time on the same input for them). A side
+        channel, not a second output, so that DDP and torch.compile wrap ``forward`` as is."""
+        feats: list[torch.Tensor] = []
+        h = x
+        for i, layer in enumerate(self.model):
+            h = layer(h)
+            if i in keep:
+                feats.append(h.detach())
+        self.kept = feats
+        return h
+
+    def keeping(self, layers: Sequence[int]) -> _Keeping:
+        """``with G.keeping(layers): G_wrapped(x)`` leaves those layers' activations in
+        ``G.kept`` (see :meth:`keeps_intact` for which layers can be kept)."""
+        wanted = self.check_layers(layers)
+        if not self.keeps_intact(wanted):
+            raise ValueError(f"layers {wanted}: an in-place layer follows one of them")
+        return _Keeping(self, wanted)
+
+    def keeps_intact(self, layers: Sequence[int]) -> bool:
+        """Whether the activations of ``layers`` survive the rest of the pass unchanged.
+
+        Not so where an in-place ReLU comes next (directly or after a no-op norm): it would
+        overwrite the kept tensor. CUT's default layers (a pad, convs, blocks) are intact.
+        """
+        mods = list(self.model)
+        for i in layers:
+            j = i + 1
+            while j < len(mods) and isinstance(mods[j], nn.Identity):
+                j += 1
+            if j < len(mods) and isinstance(mods[j], nn.ReLU) and mods[j].inplace:
+                return False
+        return True
 
     def check_layers(self, layers: Sequence[int]) -> list[int]:
         """``layers`` as a list if they can be encoded, else ValueError saying why.
@@ -179,3 +222,17 @@ class ResnetGenerator(nn.Module):
             if i in wanted:
                 channels.append(c)
         return channels
+
+
+class _Keeping:
+    """The context of :meth:`ResnetGenerator.keeping`: sets, then always clears, the layers."""
+
+    def __init__(self, gen: ResnetGenerator, layers: list[int]) -> None:
+        self.gen, self.layers = gen, layers
+
+    def __enter__(self) -> ResnetGenerator:
+        self.gen.keep_layers, self.gen.kept = self.layers, []
+        return self.gen
+
+    def __exit__(self, *exc: object) -> None:
+        self.gen.keep_layers = None

@@ -179,11 +179,19 @@ def build_cut(cfg: TrainConfig, device: torch.device, rank: int = 0) -> CUT:
     )
 
 
-def nce_loss(m: CUT, src: torch.Tensor, tgt: torch.Tensor, flipped: bool) -> torch.Tensor:
+def nce_loss(
+    m: CUT,
+    src: torch.Tensor,
+    tgt: torch.Tensor,
+    flipped: bool,
+    feat_k: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """PatchNCE between the source image and its translation, averaged over the layers.
 
     Queries come from the translation, keys (and the sampled positions) from the source; a
     translation made from a flipped input is flipped back so that positions line up.
+    ``feat_k``: the source's encoder activations if the caller has them already (detached);
+    else the encoder runs on ``src`` here, as in the official code.
     """
     cfg = m.cfg
     G = unwrap(m.G_ab)
@@ -191,7 +199,8 @@ def nce_loss(m: CUT, src: torch.Tensor, tgt: torch.Tensor, flipped: bool) -> tor
     feat_q = G.encode(tgt, layers)
     if flipped:
         feat_q = [torch.flip(f, [3]) for f in feat_q]
-    feat_k = G.encode(src, layers)
+    if feat_k is None:
+        feat_k = G.encode(src, layers)
     pooled_k, ids = m.F(feat_k, cfg.num_patches, None, generator=m.sampler)
     pooled_q, _ = m.F(feat_q, cfg.num_patches, ids)
     # Negatives come from the same image only (batch_size splits the rows per image).
@@ -217,8 +226,23 @@ def cut_step(
         flipped = bool(torch.rand((), generator=m.sampler) < 0.5)
         if flipped:
             real = torch.flip(real, [3])
+    # The PatchNCE keys are the encoder's activations on the unflipped inputs, which the
+    # forward pass computes anyway: keep them from it rather than run the encoder again (the
+    # official code does; same weights, same inputs, so the same keys). Their gradient is
+    # never used (PatchNCE detaches the keys), so they are kept detached. A flipped pass saw
+    # mirrored inputs, and the network is not mirror-symmetric: then the encoder runs again.
+    G = unwrap(m.G_ab)
+    reuse = cfg.lambda_nce > 0 and not flipped and G.keeps_intact(m.nce_layers)
+    keys_a = keys_b = None
     with autocast():
-        fake = m.G_ab(real)
+        if reuse:
+            with G.keeping(m.nce_layers):
+                fake = m.G_ab(real)
+            keys_a = [f[:n] for f in G.kept]
+            keys_b = [f[n:] for f in G.kept] if cfg.nce_idt else None
+            G.kept = []
+        else:
+            fake = m.G_ab(real)
     fake_b = fake[:n]
     idt_b = fake[n:] if cfg.nce_idt else None
 
@@ -238,9 +262,9 @@ def cut_step(
     zero = real_a.new_zeros(())
     with autocast():
         loss_G_ab = generator_adv_loss(unwrap(m.D_b)(fake_b), cfg.gan_mode) * cfg.lambda_gan
-        loss_nce = nce_loss(m, real_a, fake_b, flipped) if cfg.lambda_nce > 0 else zero
+        loss_nce = nce_loss(m, real_a, fake_b, flipped, keys_a) if cfg.lambda_nce > 0 else zero
         if cfg.nce_idt and cfg.lambda_nce > 0:
-            loss_nce_y = nce_loss(m, real_b, idt_b, flipped)
+            loss_nce_y = nce_loss(m, real_b, idt_b, flipped, keys_b)
             loss_nce_both = (loss_nce + loss_nce_y) * 0.5
         else:
             loss_nce_y, loss_nce_both = zero, loss_nce
