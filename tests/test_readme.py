@@ -88,6 +88,7 @@ def _free_port() -> int:
 def test_every_readme_command_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_image_tree(tmp_path / "datasets" / "horse2zebra")
+    make_image_tree(tmp_path / "datasets" / "day2film")
     make_image_tree(tmp_path / "art")
     (tmp_path / "photos").symlink_to(tmp_path / "art" / "trainA")
     (tmp_path / "paintings").symlink_to(tmp_path / "art" / "trainB")
