@@ -8,10 +8,9 @@ from typing import Any
 
 import torch
 
+from cyclekit.choices import DEVICES, PRECISIONS
 from cyclekit.errors import UsageError
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -70,6 +70,31 @@ def test_importing_the_cli_is_light():
     assert out.stdout.strip() == ""
 
 
+def test_train_help_lists_every_choice_without_importing_torch():
+    # --help shows each setting's allowed values; they once came from the torch modules,
+    # and help took seconds.
+    code = (
+        "import sys; from click.testing import CliRunner; from cyclekit.cli import main;"
+        "r = CliRunner().invoke(main, ['train', '--help']); print(r.exit_code);"
+        "print(r.output); print('torch loaded' if 'torch' in sys.modules else 'no torch')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "0" and lines[-1] == "no torch"
+    flat = " ".join(out.stdout.split())
+    for listed in ("instance|batch|none", "transpose|resize-conv|antialias", "fp32|bf16|fp16|auto"):
+        assert listed in flat
+
+
+def test_the_choice_lists_are_the_ones_the_code_uses():
+    from cyclekit import choices, devices
+    from cyclekit.models import init, norm, resnet
+
+    assert devices.PRECISIONS is choices.PRECISIONS and devices.DEVICES is choices.DEVICES
+    assert norm.NORMS is choices.NORMS and init.INITS is choices.INITS
+    assert resnet.UPSAMPLES is choices.UPSAMPLES and resnet.DOWNSAMPLES is choices.DOWNSAMPLES
+
+
 def test_help_texts_teach():
     top = run(["--help"])
     assert top.exit_code == 0 and "train" in top.output and "Examples" not in top.output

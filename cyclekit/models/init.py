@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-INITS = ("normal", "xavier", "kaiming", "orthogonal")
+from cyclekit.choices import INITS
 
 
 def init_weights(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-NORMS = ("instance", "batch", "none")
+from cyclekit.choices import NORMS
 
 
 def norm_layer(name: str) -> Callable[[int], nn.Module]:

@@ -12,15 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from cyclekit.choices import DOWNSAMPLES, UPSAMPLES
 from cyclekit.models.antialias import Downsample, Upsample
 from cyclekit.models.norm import conv_bias, norm_layer
 
-# "conv": stride-2 conv (CycleGAN). "antialias": stride-1 conv, norm, ReLU, blur-pool (CUT).
-DOWNSAMPLES = ("conv", "antialias")
-# "transpose": stride-2 transposed conv (CycleGAN). "antialias": fixed [1,3,3,1] blur upsampling
-# then a 3x3 conv (CUT). "resize-conv": nearest-neighbour x2 then a reflect-padded 3x3 conv,
-# the CycleGAN FAQ's fix for checkerboard artifacts (see RESIZE_MODE).
-UPSAMPLES = ("transpose", "resize-conv", "antialias")
 # Nearest, not bilinear: the Distill article the FAQ cites ("Deconvolution and Checkerboard
 # Artifacts", Odena et al. 2016) reports its best results with nearest-neighbour resizing, and
 # the FAQ's own text says nearest-neighbour (its snippet shows bilinear). Each output pixel of a

@@ -350,9 +350,7 @@ def require_data_source(cfg: TrainConfig) -> None:
 
 def choice_lists() -> dict[str, tuple[str, ...]]:
     """Setting -> allowed values. Each list is defined once, beside the code that uses it."""
-    from cyclekit.devices import PRECISIONS  # torch: imported only when a config is checked
-    from cyclekit.models import INITS, NORMS
-    from cyclekit.models.resnet import DOWNSAMPLES, UPSAMPLES
+    from cyclekit.choices import DOWNSAMPLES, INITS, NORMS, PRECISIONS, UPSAMPLES
 
     return {
         "netG": GENERATOR_ARCHS,
@@ -372,7 +370,7 @@ def choice_lists() -> dict[str, tuple[str, ...]]:
 
 def is_device_name(text: str) -> bool:
     """auto, cpu, cuda, cuda:N or mps (lower case)."""
-    from cyclekit.devices import DEVICES
+    from cyclekit.choices import DEVICES
 
     base, colon, index = text.partition(":")
     if not colon:
