@@ -63,6 +63,9 @@ REFERENCE = "cyclegan"
 TARGET_STEP_RATIO = {"cut": 0.75, "fastcut": 0.55}
 # /proc/cpuinfo flags worth recording: what decides whether bf16 runs natively.
 CPU_FLAG_WORDS = ("bf16", "amx", "avx512f", "avx512_fp16", "avx2")
+# Read before anything runs: torch writes its default into the environment once it first
+# looks the cache up.
+USER_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 
 class OfficialStep:
@@ -611,6 +614,22 @@ def compare_models(args: argparse.Namespace, models: list[str]) -> dict[str, Any
 # -- cyclekit's CycleGAN step vs the official one --------------------------------------------------
 
 
+def use_cold_compile_cache(user_cache: str | None) -> str:
+    """Point torch's compile cache at a fresh folder (removed at exit) unless the user set
+    one; say which. A cold compile is what a run pays the first time on a machine; with
+    torch's cache warm, a second benchmark would report seconds where a user waits minutes."""
+    if user_cache:
+        return f"TORCHINDUCTOR_CACHE_DIR={user_cache}"
+    import atexit
+    import shutil
+    import tempfile
+
+    fresh = tempfile.mkdtemp(prefix="cyclekit-bench-inductor-")
+    atexit.register(shutil.rmtree, fresh, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh
+    return "cold (a fresh TORCHINDUCTOR_CACHE_DIR)"
+
+
 def official_comparison(args: argparse.Namespace) -> dict[str, Any]:
     given = [f for f in ("upsample", "downsample") if getattr(args, f)]
     if given or args.netG != "resnet_9blocks":
@@ -642,7 +661,9 @@ def official_comparison(args: argparse.Namespace) -> dict[str, Any]:
             m, real_a, real_b, cfg, ctx, scaler
         )
 
+    compile_cache = None
     if args.compile:
+        compile_cache = use_cold_compile_cache(USER_INDUCTOR_CACHE)
         prec = resolve_precision("bf16", device)
         m = build_cyclegan(cfg, device)
         for name in ("G_ab", "G_ba", "D_a", "D_b"):
@@ -683,6 +704,7 @@ def official_comparison(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "seconds_per_iter": {k: round(min(v), 4) for k, v in times.items()},
         "warmup_seconds": compile_s,
+        "compile_cache": compile_cache,
         "pairs_per_s": {k: round(args.batch_size / min(v), 3) for k, v in times.items()},
     }
     base = min(times["official_fp32"])
