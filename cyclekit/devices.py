@@ -32,20 +32,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+# The CPU features that decide speed here, for benchmark reports.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags() -> set[str]:
+    """The kernel's CPU feature flags (``/proc/cpuinfo``; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def cpu_has_native_bf16() -> bool:
     """The CPU computes bf16 natively (AVX-512 BF16 or AMX), read off the kernel's CPU flags.
 
     Elsewhere (older x86, Apple silicon, no /proc) bf16 is emulated and slower than fp32.
     """
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

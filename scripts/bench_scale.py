@@ -40,13 +40,9 @@ PER_FOLDER = 1000
 
 
 def _cpu_flags() -> list[str]:
-    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if "flags" in ln), [])
-    return sorted(wanted & set(flags))
+    from cyclekit.devices import SPEED_FLAGS, cpu_flags
+
+    return sorted(cpu_flags() & set(SPEED_FLAGS))
 
 
 def _make_folder(root: Path, n: int) -> Path:

@@ -147,14 +147,9 @@ class OfficialStep:
 
 
 def _cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return line.split(":", 1)[1].split()
-    return []
+    from cyclekit.devices import cpu_flags
+
+    return sorted(cpu_flags())
 
 
 def _cpu_model() -> str:
