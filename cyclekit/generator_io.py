@@ -147,6 +147,12 @@ def load_generator(
     ``cyclekit-train`` or ``official``). A training checkpoint needs ``direction``.
     """
     path = Path(path)
+    return generator_from(read_checkpoint(path), path, direction)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents (``weights_only``), once, for :func:`generator_from`: a
+    training checkpoint holds optimisers and discriminators too, and is slow to read twice."""
     if _is_torchscript(path):
         # torch.load would warn, hand it to torch.jit.load (which runs its code) and fail.
         raise CheckpointError(
@@ -156,6 +162,13 @@ def load_generator(
     obj = safe_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a generator checkpoint (holds a {type(obj).__name__})")
+    return obj
+
+
+def generator_from(
+    obj: dict[str, Any], path: Path, direction: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_generator` on contents already read by :func:`read_checkpoint`."""
     try:
         return _load_any(obj, path, direction)
     except (KeyError, TypeError, AttributeError, IndexError) as e:

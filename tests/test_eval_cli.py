@@ -108,6 +108,21 @@ def test_checkpoint_both_directions_table_and_json(tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_a_training_checkpoint_is_read_once_for_both_directions(tmp_path, monkeypatch):
+    # It holds optimisers and discriminators too; eval once read it three times.
+    from cyclekit import generator_io
+    from cyclekit.evaluate.run import load_generators
+
+    ckpt = make_train_checkpoint(tmp_path / "last.pt")
+    reads = []
+    real = generator_io.safe_load
+    monkeypatch.setattr(generator_io, "safe_load", lambda p: reads.append(p) or real(p))
+    loaded, missing = load_generators(ckpt, "both")
+    assert set(loaded) == {"a2b", "b2a"} and not missing and reads == [ckpt]
+    for d, (model, info) in loaded.items():
+        assert info["direction"] == d and not model.training
+
+
 def test_doing_nothing_is_the_score_of_the_inputs_as_fakes(tmp_path):
     # The baseline row of a2b must be exactly what scoring testA as fakes of B gives.
     data = make_data(tmp_path / "data")

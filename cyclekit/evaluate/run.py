@@ -117,17 +117,11 @@ def _batches(paths: list[Path], size: int, batch_size: int) -> Iterator[np.ndarr
 # -- generators -----------------------------------------------------------------------------
 
 
-def _held_directions(path: Path) -> tuple[list[str], str]:
+def _held_directions(obj: dict[str, Any], path: Path) -> tuple[list[str], str]:
     """The directions a generator file holds, and why the others are missing."""
-    from cyclekit.files import CheckpointError, safe_load
-    from cyclekit.generator_io import GENERATOR_FORMAT, TRAIN_FORMAT, load_generator
+    from cyclekit.generator_io import GENERATOR_FORMAT, TRAIN_FORMAT, generator_from
 
-    try:
-        obj = safe_load(path)
-    except CheckpointError:
-        load_generator(path, "a2b")  # its message is more specific (e.g. for TorchScript)
-        raise
-    fmt = obj.get("format") if isinstance(obj, dict) else None
+    fmt = obj.get("format")
     if fmt == TRAIN_FORMAT and isinstance(obj.get("specs"), dict):
         held = [d for d in DIRECTIONS if _KEYS[d] in obj["specs"]]
         config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
@@ -135,8 +129,7 @@ def _held_directions(path: Path) -> tuple[list[str], str]:
             return held, f"a {config.get('model', 'one-sided')} checkpoint translates A to B only"
     elif fmt == GENERATOR_FORMAT and obj.get("direction") in DIRECTIONS:
         return [obj["direction"]], f"{path.name} holds only the {obj['direction']} generator"
-    del obj
-    load_generator(path, "a2b")  # raises its one-line error for anything broken
+    generator_from(obj, path, "a2b")  # raises its one-line error for anything broken
     raise EvalError(
         f"--checkpoint {path}: a single generator that does not record which way it "
         "translates; pass --direction a2b or b2a"
@@ -147,14 +140,16 @@ def load_generators(checkpoint: Path, direction: str) -> tuple[dict[str, Any], d
     """``({direction: (model, info)}, {direction: why it is unavailable})``.
 
     ``direction`` ``both`` takes what the file holds (a CUT checkpoint: a2b only); a direction
-    asked for by name must be there (:func:`~cyclekit.generator_io.load_generator`'s error)."""
-    from cyclekit.generator_io import load_generator
+    asked for by name must be there (:func:`~cyclekit.generator_io.load_generator`'s error).
+    The file is read once, however many generators come from it."""
+    from cyclekit.generator_io import generator_from, load_generator, read_checkpoint
 
     checkpoint = Path(checkpoint)
     if direction != "both":
         return {direction: load_generator(checkpoint, direction)}, {}
-    held, why = _held_directions(checkpoint)
-    loaded = {d: load_generator(checkpoint, d) for d in held}
+    obj = read_checkpoint(checkpoint)
+    held, why = _held_directions(obj, checkpoint)
+    loaded = {d: generator_from(obj, checkpoint, d) for d in held}
     return loaded, {d: why for d in DIRECTIONS if d not in held}
 
 
