@@ -1,7 +1,7 @@
 """The allowed values of settings whose code lives beside torch, kept here without torch.
 
 ``cyclekit train --help`` lists every choice, and config checks validate against them; with
-the lists in the torch modules, help took 2.6 s (importing torch) instead of a blink. The
+the lists in the torch modules, help took 3 s (importing torch) instead of a blink. The
 modules that implement each choice import its list from here, so it is still written once.
 """
 

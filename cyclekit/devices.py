@@ -48,6 +48,11 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def speed_flags() -> list[str]:
+    """Which of :data:`SPEED_FLAGS` this CPU has, sorted: the line a benchmark records."""
+    return sorted(cpu_flags() & set(SPEED_FLAGS))
+
+
 def cpu_has_native_bf16() -> bool:
     """The CPU computes bf16 natively (AVX-512 BF16 or AMX), read off the kernel's CPU flags.
 

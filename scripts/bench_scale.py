@@ -39,12 +39,6 @@ SIDE = (64, 48)  # (width, height): small, so the folder machinery dominates, no
 PER_FOLDER = 1000
 
 
-def _cpu_flags() -> list[str]:
-    from cyclekit.devices import SPEED_FLAGS, cpu_flags
-
-    return sorted(cpu_flags() & set(SPEED_FLAGS))
-
-
 def _make_folder(root: Path, n: int) -> Path:
     """n JPEGs in subfolders of PER_FOLDER; a handful of distinct contents, written as bytes."""
     rng = np.random.default_rng(0)
@@ -183,13 +177,15 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rss = [r["peak_rss_mb"] for r in results]
+    from cyclekit.devices import speed_flags
+
     print(
         json.dumps(
             {
                 "machine": {
                     "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(),
-                    "flags": _cpu_flags(),
+                    "flags": speed_flags(),
                 },
                 "image": f"{SIDE[0]}x{SIDE[1]} JPEG",
                 "model": "resnet_6blocks ngf=4 (tiny), --precision auto",

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclekit.devices import autocast, resolve_device, resolve_precision
+from cyclekit.devices import autocast, cpu_flags, resolve_device, resolve_precision
 from cyclekit.errors import CyclekitError, UsageError
 from cyclekit.files import atomic_write
 from cyclekit.training.compiling import choose_compile
@@ -146,12 +146,6 @@ class OfficialStep:
 # -- the machine ------------------------------------------------------------------------------
 
 
-def _cpu_flags() -> list[str]:
-    from cyclekit.devices import cpu_flags
-
-    return sorted(cpu_flags())
-
-
 def _cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -179,7 +173,7 @@ def _torch_cpu_check(name: str) -> bool | None:
 
 def cpu_bf16() -> dict[str, Any]:
     """Whether this CPU runs bf16 natively (AVX-512 BF16 or AMX), and the evidence."""
-    flags = [f for f in _cpu_flags() if any(w in f for w in CPU_FLAG_WORDS)]
+    flags = sorted(f for f in cpu_flags() if any(w in f for w in CPU_FLAG_WORDS))
     torch_avx512_bf16 = _torch_cpu_check("_is_avx512_bf16_supported")
     torch_amx = _torch_cpu_check("_is_amx_tile_supported")
     native = any(f in flags for f in ("avx512_bf16", "amx_bf16")) or bool(

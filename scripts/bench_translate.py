@@ -113,12 +113,6 @@ def _big_child(gen: Path, work: Path) -> None:
     )
 
 
-def _cpu_flags() -> list[str]:
-    from cyclekit.devices import SPEED_FLAGS, cpu_flags
-
-    return sorted(cpu_flags() & set(SPEED_FLAGS))
-
-
 def _official_test_py(repo: Path, gen: Path, inputs: Path, work: Path) -> dict[str, float]:
     """Wall time of the official ``test.py --model test`` (junyanz/pytorch-CycleGAN-and-pix2pix,
     a checkout at ``repo``) on ``inputs``, with the same weights as cyclekit's side: its
@@ -183,6 +177,8 @@ def _compare_backends(args: argparse.Namespace) -> dict[str, object]:
     machine's speed drifts), JPEG in and out at 256x256; conversion cached after round 1."""
     import os
 
+    from cyclekit.devices import speed_flags
+
     sides = {
         "torch_fp32_batch1_official_settings": {
             "backend": "torch",
@@ -223,7 +219,7 @@ def _compare_backends(args: argparse.Namespace) -> dict[str, object]:
     return {
         "model": "resnet_9blocks ngf=64",
         "images": f"{args.n256} JPEGs 256x256, JPEG out",
-        "cpu_flags": _cpu_flags(),
+        "cpu_flags": speed_flags(),
         "threads": os.cpu_count(),
         "runs": runs,
         "best_images_per_s": best,

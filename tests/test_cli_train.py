@@ -60,14 +60,19 @@ def no_traceback(r) -> bool:
     return r.exception is None or isinstance(r.exception, SystemExit)
 
 
+def fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (this one has torch loaded already)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
 def test_importing_the_cli_is_light():
     code = (
         "import sys, cyclekit, cyclekit.cli, cyclekit.cli.train;"
         "bad = [m for m in ('wandb', 'albumentations', 'torch') if m in sys.modules];"
         "print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert fresh_python(code).strip() == ""
 
 
 def test_train_help_lists_every_choice_without_importing_torch():
@@ -78,10 +83,10 @@ def test_train_help_lists_every_choice_without_importing_torch():
         "r = CliRunner().invoke(main, ['train', '--help']); print(r.exit_code);"
         "print(r.output); print('torch loaded' if 'torch' in sys.modules else 'no torch')"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    lines = out.stdout.strip().splitlines()
+    out = fresh_python(code)
+    lines = out.strip().splitlines()
     assert lines[0] == "0" and lines[-1] == "no torch"
-    flat = " ".join(out.stdout.split())
+    flat = " ".join(out.split())
     for listed in ("instance|batch|none", "transpose|resize-conv|antialias", "fp32|bf16|fp16|auto"):
         assert listed in flat
 

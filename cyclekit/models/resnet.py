@@ -137,14 +137,21 @@ class ResnetGenerator(nn.Module):
         in ``self.kept``, detached. CUT's PatchNCE keys come from this same pass (the
         official code runs the encoder a second time on the same input for them). A side
         channel, not a second output, so that DDP and torch.compile wrap ``forward`` as is."""
+        out, feats = self._run(x, keep, len(self.model))
+        self.kept = [f.detach() for f in feats]
+        return out
+
+    def _run(
+        self, x: torch.Tensor, keep: Sequence[int], depth: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The first ``depth`` layers on ``x``: their output and the activations of ``keep``."""
         feats: list[torch.Tensor] = []
         h = x
-        for i, layer in enumerate(self.model):
+        for i, layer in enumerate(self.model[:depth]):
             h = layer(h)
             if i in keep:
-                feats.append(h.detach())
-        self.kept = feats
-        return h
+                feats.append(h)
+        return h, feats
 
     def keeping(self, layers: Sequence[int]) -> _Keeping:
         """``with G.keeping(layers): G_wrapped(x)`` leaves those layers' activations in
@@ -195,13 +202,7 @@ class ResnetGenerator(nn.Module):
         layer, so the rest of the network costs nothing.
         """
         wanted = self.check_layers(layers)
-        feats: list[torch.Tensor] = []
-        h = x
-        for i, layer in enumerate(self.model[: wanted[-1] + 1]):
-            h = layer(h)
-            if i in wanted:
-                feats.append(h)
-        return feats
+        return self._run(x, wanted, wanted[-1] + 1)[1]
 
     def feature_channels(self, layers: Sequence[int]) -> list[int]:
         """The channel count of :meth:`encode`'s output for each layer, without running it.

@@ -349,7 +349,8 @@ def require_data_source(cfg: TrainConfig) -> None:
 
 
 def choice_lists() -> dict[str, tuple[str, ...]]:
-    """Setting -> allowed values. Each list is defined once, beside the code that uses it."""
+    """Setting -> allowed values. Each list is defined once: here, in cyclekit.choices (the
+    ones whose code needs torch, kept torch-free for --help) or in cyclekit.training.tracking."""
     from cyclekit.choices import DOWNSAMPLES, INITS, NORMS, PRECISIONS, UPSAMPLES
 
     return {
