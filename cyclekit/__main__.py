@@ -1,4 +1,4 @@
-from cyclekit.cli import main
+from cyclekit.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -12,6 +12,7 @@ import importlib.util
 import click
 
 from cyclekit import __version__
+from cyclekit.cli import common
 
 # command name -> ("module", "attribute", one-line help shown by `cyclekit --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -80,3 +81,11 @@ def main() -> None:
     Stylise a folder of photos:       cyclekit translate photos/ -o out/ --checkpoint G_ab.pt
     Run `cyclekit COMMAND --help` for the options of each command.
     """
+
+
+def run() -> None:
+    """The ``cyclekit`` executable: :func:`main` in a process of its own, which a command may
+    then end without the interpreter's teardown (see :func:`common.leave`). Tests call
+    :func:`main` through click's runner, inside their own process, and never get that exit."""
+    common.OWN_PROCESS = True
+    main()

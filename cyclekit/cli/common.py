@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from cyclekit.errors import CyclekitError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# True when `cyclekit` runs as its own process (cyclekit.cli.run), not inside a test's.
+OWN_PROCESS = False
+
+
+def leave(code: int) -> NoReturn:
+    """End a command that has closed every file it wrote, with exit status ``code``.
+
+    In a process of its own this skips the interpreter's teardown: with torch and OpenVINO
+    loaded, tearing their modules down took 0.5-0.9 s after `cyclekit translate` had finished
+    (2-core AMD EPYC), a fifth of a ten-photo run. Inside another program it is ``sys.exit``.
+    """
+    if OWN_PROCESS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 @contextlib.contextmanager

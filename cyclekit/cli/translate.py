@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from cyclekit.cli.common import CONTEXT, DEVICE, choice, user_errors
+from cyclekit.cli.common import CONTEXT, DEVICE, choice, leave, user_errors
 
 DIRECTION = choice(["a2b", "b2a"])
 # Kept equal to cyclekit.translate.tiling.MIN_TILE and image_io.MAX_PIXELS (a test checks):
@@ -273,7 +273,7 @@ def translate(
     click.echo(report.summary(), err=True)
     if opts.gallery:
         click.echo(f"gallery: {opts.output_dir / 'index.html'}", err=True)
-    sys.exit(report.exit_code)
+    leave(report.exit_code)
 
 
 @click.command(context_settings=CONTEXT)
