@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import sys
 from collections.abc import Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cyclekit.choices import DEVICES, PRECISIONS
 from cyclekit.errors import UsageError
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:  # torch is imported where it is used: translate may run without it
+    import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; asking for a missing device is a clear error."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -61,18 +64,35 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+def gpu_may_be_present() -> bool:
+    """Whether ``--device auto`` might find a GPU, judged without importing torch (which takes
+    seconds): False only on Linux with no NVIDIA, AMD (ROCm) or WSL GPU device node, where
+    torch would pick the CPU too. Anywhere else (macOS with MPS, Windows) it says True."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(glob.glob(p) for p in ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg"))
+
+
+def device_type(device: torch.device | str) -> str:
+    """``cpu``, ``cuda`` or ``mps``, from a device or its name (``cuda:1``)."""
+    return device.split(":")[0] if isinstance(device, str) else device.type
+
+
+def resolve_precision(name: str, device: torch.device | str) -> str:
     """``auto`` -> bf16 where it runs natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX),
     fp16 on older GPUs, else fp32."""
     if name not in PRECISIONS:
         raise UsageError(f"unknown --precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    kind = device_type(device)
     if name == "auto":
-        if device.type == "cuda":
+        if kind == "cuda":
+            import torch
+
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if device.type == "cpu":
+        if kind == "cpu":
             return "bf16" if cpu_has_native_bf16() else "fp32"
         return "fp32"
-    if name == "fp16" and device.type == "cpu":
+    if name == "fp16" and kind == "cpu":
         raise UsageError("--precision fp16 is not supported on CPU; use bf16 or fp32")
     return name
 
@@ -82,7 +102,9 @@ def autocast(device: torch.device, precision: str) -> Callable[[], Any]:
 
     fp32 gives a null context, so the same training step serves every precision.
     """
+    import torch
+
     if precision == "fp32":
         return contextlib.nullcontext
-    dtype = _DTYPES[precision]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)

@@ -13,11 +13,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
-
-import torch
+from typing import IO, TYPE_CHECKING, Any
 
 from cyclekit.errors import CyclekitError, UsageError
+
+if TYPE_CHECKING:  # torch is imported where it is used: translate may run without it
+    import torch
 
 FORMAT_VERSION = 1
 
@@ -65,6 +66,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through :func:`atomic_write`."""
+    import torch
+
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)
@@ -97,6 +100,8 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty")
+    import torch
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated/foreign files

@@ -12,8 +12,8 @@ import torch
 
 from cyclekit.generator_io import load_generator, save_generator
 from cyclekit.models import build_generator
+from cyclekit.translate.batching import padded_size
 from cyclekit.translate.export import any_size
-from cyclekit.translate.tiling import padded_size
 from tests.test_translate_common import (
     assert_user_error,
     cli,

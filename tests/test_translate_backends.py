@@ -175,8 +175,9 @@ def test_batches_in_flight_together_each_come_back_whole() -> None:
     assert isinstance(run, backends.OpenVinoRunner)
     x, y = torch.rand(6, 3, 24, 32) * 2 - 1, torch.rand(3, 3, 24, 32) * 2 - 1
     first, second = run.submit(x), run.submit(y)
-    got_y, got_x = second.result(), first.result()
+    got_y, got_x = second.result(), first.result()  # (numpy: what batching.Batcher takes)
     assert first.ready and second.ready
+    got_y, got_x = torch.from_numpy(got_y), torch.from_numpy(got_x)
     for got, inp in ((got_x, x), (got_y, y)):
         alone = torch.cat([run(inp[i : i + 1]) for i in range(inp.shape[0])])
         diff = np.abs(_pixels(got) - _pixels(alone))

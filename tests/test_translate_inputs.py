@@ -119,8 +119,8 @@ def test_translate_takes_images_over_pillows_limit(
 
 def test_translate_limit_matches_help() -> None:
     from cyclekit.cli import translate as cli_translate
+    from cyclekit.translate.batching import MIN_TILE
     from cyclekit.translate.image_io import MAX_PIXELS
-    from cyclekit.translate.tiling import MIN_TILE
 
     assert cli_translate.MIN_TILE == MIN_TILE
     assert cli_translate.MAX_MEGAPIXELS * 1_000_000 == MAX_PIXELS > Image.MAX_IMAGE_PIXELS

@@ -14,7 +14,8 @@ from PIL import Image
 
 from cyclekit.data.images import decode_image
 from cyclekit.generator_io import load_generator
-from cyclekit.translate.tiling import make_runner, pad_image, padded_size, to_model_input
+from cyclekit.translate.batching import pad_image, padded_size
+from cyclekit.translate.tiling import make_runner, to_model_input
 from tests.test_translate_common import (
     assert_user_error,
     cli,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cyclekit.translate.batching as batching
 import cyclekit.translate.tiling as tiling
 from cyclekit.models import build_generator
 from tests.test_translate_common import (
@@ -78,9 +79,9 @@ def test_tiles_below_the_minimum_are_refused(tmp_path: Path) -> None:
     Image.fromarray(photo(40, 30)).save(tmp_path / "a.png")
     r = cli(
         "translate", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--checkpoint", str(gen),
-        "--tile", str(tiling.MIN_TILE - 4),
+        "--tile", str(batching.MIN_TILE - 4),
     )  # fmt: skip
-    assert_user_error(r, f"--tile {tiling.MIN_TILE - 4}: tiles smaller than {tiling.MIN_TILE}")
+    assert_user_error(r, f"--tile {batching.MIN_TILE - 4}: tiles smaller than {batching.MIN_TILE}")
     assert not (tmp_path / "o").exists()
 
 
@@ -151,7 +152,7 @@ def test_out_of_memory_fails_that_image_and_a_bug_keeps_its_traceback(
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert errors == [
         f"error: {tmp_path / 'in' / 'big.png'}: out of memory ({message}); try --tile "
-        f"{tiling.MIN_TILE}, a lower --memory-budget or --max-size"
+        f"{batching.MIN_TILE}, a lower --memory-budget or --max-size"
     ]
     message = "The size of tensor a (4) must match the size of tensor b (5)"  # a bug
     with pytest.raises(RuntimeError, match="must match"):
@@ -189,7 +190,7 @@ def test_batches_run_in_the_background_and_come_back_in_order() -> None:
     the images came, each image with its own output."""
     spec = tiny_spec()
     run = _BackgroundRunner()
-    b = tiling.Batcher(build_generator(**spec), spec, run, 2, 1 << 30)
+    b = batching.Batcher(build_generator(**spec), spec, run, 2, 1 << 30)
     images = [np.full((8, 8, 3), 10 * i, np.uint8) for i in range(7)]
     done = []
     assert b.add("i0", images[0]) == [] and b.add("i1", images[1]) == []  # batch 1 started

@@ -14,7 +14,7 @@ import click
 from cyclekit.cli.common import CONTEXT, DEVICE, choice, leave, user_errors
 
 DIRECTION = choice(["a2b", "b2a"])
-# Kept equal to cyclekit.translate.tiling.MIN_TILE and image_io.MAX_PIXELS (a test checks):
+# Kept equal to cyclekit.translate.batching.MIN_TILE and image_io.MAX_PIXELS (a test checks):
 # importing them here would load torch for `--help`.
 MIN_TILE = 256
 MAX_MEGAPIXELS = 400
@@ -241,7 +241,7 @@ def translate(
     """
     from cyclekit.translate.engine import (
         TranslateOptions,
-        load_model,
+        open_model,
         parse_size,
         translate_paths,
     )
@@ -261,7 +261,7 @@ def translate(
             opts = TranslateOptions(
                 resize=parse_size(resize) if resize else None, video=video, **options
             )
-            model, info = load_model(checkpoint, model_name, direction)
+            model, info = open_model(checkpoint, model_name, direction, opts)
             report = translate_paths(inputs, model, info, opts)
     except KeyboardInterrupt:
         click.echo(

@@ -165,12 +165,8 @@ class Translator:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         from PIL import Image
 
-        from cyclekit.translate.tiling import (
-            from_model_output,
-            pad_image,
-            padded_size,
-            to_model_input,
-        )
+        from cyclekit.translate.batching import pad_image, padded_size
+        from cyclekit.translate.tiling import from_model_output, to_model_input
 
         if self.spec["input_nc"] == 1:  # as decode_image(channels=1) would give it
             batch = np.stack([np.asarray(Image.fromarray(im).convert("L")) for im in batch])

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cyclekit.choices import UNET_DOWNS, side_multiple
 from cyclekit.models.discriminator import NLayerDiscriminator, PixelDiscriminator
 from cyclekit.models.init import INITS, init_weights
 from cyclekit.models.norm import NORMS
@@ -23,8 +24,8 @@ from cyclekit.models.unet import UnetGenerator
 GENERATORS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "resnet_9blocks": (ResnetGenerator, {"n_blocks": 9}),
     "resnet_6blocks": (ResnetGenerator, {"n_blocks": 6}),
-    "unet_128": (UnetGenerator, {"num_downs": 7}),
-    "unet_256": (UnetGenerator, {"num_downs": 8}),
+    "unet_128": (UnetGenerator, {"num_downs": UNET_DOWNS["unet_128"]}),
+    "unet_256": (UnetGenerator, {"num_downs": UNET_DOWNS["unet_256"]}),
 }
 DISCRIMINATORS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "basic": (NLayerDiscriminator, {"n_layers": 3}),
@@ -222,14 +223,3 @@ def build_discriminator(
     if cls is NLayerDiscriminator:
         kwargs["antialias"] = antialias
     return cls(**kwargs)
-
-
-def side_multiple(arch: str) -> int:
-    """Image sides a generator needs for output size == input size.
-
-    4 for every ResNet variant: each of its two halvings (strided conv or blur-pool) gives
-    ceil(H / 2) and each doubling exactly 2 H, whatever ``downsample``/``upsample`` say.
-    """
-    if arch.startswith("unet"):
-        return 2 ** GENERATORS[arch][1]["num_downs"]
-    return 4

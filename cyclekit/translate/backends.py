@@ -9,9 +9,10 @@ where the CPU computes it natively (:func:`~cyclekit.devices.resolve_precision`)
 
 Converting a generator to OpenVINO takes seconds, so the converted model is cached in
 ``cache_dir("openvino")``, named by a hash of the weights and the spec: the second run of a
-checkpoint starts at once. A runner takes and returns CPU torch tensors like the torch one, so
-the rest of translate does not know which backend ran. Tiled images (very large scans) always
-run in torch: their shared instance-norm statistics hook into the torch modules.
+checkpoint starts at once (and, with :mod:`cyclekit.translate.deferred`, without torch). The
+OpenVINO runner takes and returns numpy arrays (``numpy_io``) or CPU torch tensors, whichever it
+is given, so the rest of translate does not know which backend ran. Tiled images (very large
+scans) always run in torch: their shared instance-norm statistics hook into the torch modules.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
+from cyclekit.devices import device_type
 from cyclekit.errors import UsageError
+from cyclekit.translate.deferred import DeferredGenerator, remember, torch_module
+
+if TYPE_CHECKING:  # torch is imported where it is used: translate may run without it
+    import torch
+    from torch import nn
 
 BACKENDS = ("auto", "torch", "openvino")
 
@@ -39,22 +44,23 @@ class BackendError(UsageError):
     """The chosen backend cannot run this generator; ``str()`` is one line."""
 
 
-Runner = Callable[[torch.Tensor], torch.Tensor]
+Runner = Callable[[Any], Any]
 
 
 def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
+def resolve_backend(name: str, device: torch.device | str) -> str:
     """``auto`` -> openvino on a CPU where it is installed, else torch; a named backend that
     cannot run here is a one-line :class:`~cyclekit.errors.UsageError`."""
     if name not in BACKENDS:
         raise UsageError(f"unknown --backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    kind = device_type(device)
     if name == "auto":
-        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+        return "openvino" if kind == "cpu" and openvino_available() else "torch"
     if name == "openvino":
-        if device.type != "cpu":
+        if kind != "cpu":
             raise UsageError(f"--backend openvino runs on the CPU; use --device cpu, not {device}")
         if not openvino_available():
             raise UsageError(
@@ -72,18 +78,31 @@ def weights_key(model: nn.Module, spec: dict[str, Any]) -> str:
     return h.hexdigest()[:32]
 
 
-def _openvino_model(model: nn.Module, spec: dict[str, Any]) -> Any:
-    """The generator as an OpenVINO model with any batch and image size, converted once and
-    then read from the cache."""
+def openvino_cache() -> Path:
+    """Where converted generators (and :mod:`~cyclekit.translate.deferred`'s index) live: one
+    folder per OpenVINO version."""
     import openvino as ov
 
-    from cyclekit.files import atomic_path, cache_dir
+    from cyclekit.files import cache_dir
 
-    folder = cache_dir("openvino", ov.get_version().split("-")[0])
-    xml = folder / f"{weights_key(model, spec)}.xml"
+    return cache_dir("openvino", ov.get_version().split("-")[0])
+
+
+def _openvino_model(model: nn.Module | DeferredGenerator, spec: dict[str, Any], key: str) -> Any:
+    """The generator as an OpenVINO model with any batch and image size, converted once and
+    then read from the cache (as ``key``.xml)."""
+    import openvino as ov
+
+    from cyclekit.files import atomic_path
+
+    folder = openvino_cache()
+    xml = folder / f"{key}.xml"
     core = ov.Core()
     if xml.is_file() and xml.with_suffix(".bin").is_file():
         return core.read_model(xml)
+    import torch
+
+    model = torch_module(model)
     print(
         f"converting the generator for OpenVINO (once per model; cached in {folder})",
         file=sys.stderr,
@@ -133,11 +152,11 @@ class Pending:
     def ready(self) -> bool:
         return self._done.is_set()
 
-    def result(self) -> torch.Tensor:
+    def result(self) -> np.ndarray:
         self._done.wait()
         if self._error is not None:
             raise RuntimeError(f"OpenVINO inference failed: {self._error}") from self._error
-        return torch.from_numpy(np.concatenate(self._outputs))
+        return np.concatenate(self._outputs)
 
 
 class OpenVinoRunner:
@@ -151,9 +170,12 @@ class OpenVinoRunner:
     1.25x the images/s of one image at a time across both cores, batches of 2 at 0.91x
     (medians of per-round ratios over 12 interleaved rounds; scripts/bench_translate.py)."""
 
-    def __init__(self, ov_model: Any, hint: str) -> None:
+    numpy_io = True  # takes numpy input as it is (see batching.Batcher)
+
+    def __init__(self, ov_model: Any, hint: str, key: str) -> None:
         import openvino as ov
 
+        self.weights_key = key
         self._ov, self._model, self._hint = ov, ov_model, hint
         core = ov.Core()
         self._core = core
@@ -179,23 +201,31 @@ class OpenVinoRunner:
             self._queue.set_callback(lambda request, slot: slot[0]._finish(request, slot[1]))
         return self._queue
 
-    def submit(self, x: torch.Tensor) -> Pending:
-        """Start ``x``'s images on the streams; the result comes from ``.result()``. Blocks
-        only while every request is busy."""
-        x = x.contiguous()
+    def submit(self, x: np.ndarray | torch.Tensor) -> Pending:
+        """Start ``x``'s images on the streams; the result (numpy) comes from ``.result()``.
+        Blocks only while every request is busy."""
+        x = _as_array(x)
         queue = self._streams()
         pending = Pending(x.shape[0])
         for i in range(x.shape[0]):
             # OpenVINO copies the input into the request before start_async returns.
-            queue.start_async([x[i : i + 1].numpy()], (pending, i))
+            queue.start_async([x[i : i + 1]], (pending, i))
         return pending
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
-        if x.shape[0] == 1:
-            out = self._request.infer([x.numpy()])
-            return torch.from_numpy(next(iter(out.values())).copy())
-        return self.submit(x).result()
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """The outputs of ``x``'s images, as numpy for numpy input, else as a torch tensor."""
+        a = _as_array(x)
+        if a.shape[0] == 1:
+            out = next(iter(self._request.infer([a]).values())).copy()
+        else:
+            out = self.submit(a).result()
+        return out if isinstance(x, np.ndarray) else sys.modules["torch"].from_numpy(out)
+
+
+def _as_array(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A C-contiguous float32 numpy array: ``x`` itself, or a CPU tensor's memory."""
+    a = x if isinstance(x, np.ndarray) else x.contiguous().numpy()
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _physical_cores() -> int:
@@ -221,17 +251,32 @@ def _cpu_list(text: str) -> list[int]:
     return cpus
 
 
-def make_openvino_runner(model: nn.Module, spec: dict[str, Any], precision: str) -> Runner:
+def make_openvino_runner(
+    model: nn.Module | DeferredGenerator, spec: dict[str, Any], precision: str
+) -> OpenVinoRunner:
     hint = {"bf16": "bf16", "fp32": "f32"}.get(precision)
     if hint is None:
         raise UsageError(f"--backend openvino runs in bf16 or fp32, not {precision}")
-    return OpenVinoRunner(_openvino_model(model, spec), hint)
+    if isinstance(model, DeferredGenerator):
+        key = model.weights_key
+    else:
+        key = weights_key(model, spec)
+    return OpenVinoRunner(_openvino_model(model, spec, key), hint, key)
+
+
+def remember_conversion(runner: Runner, info: dict[str, Any]) -> None:
+    """After a run made an OpenVINO runner for a generator loaded from ``info["path"]``: index
+    it, so that the next run of that file starts without torch (see
+    :mod:`cyclekit.translate.deferred`)."""
+    key, path = getattr(runner, "weights_key", None), info.get("path")
+    if key is not None and path is not None and "asked_direction" in info:
+        remember(openvino_cache(), Path(path), info["asked_direction"], info, key)
 
 
 def make_runner(
-    model: nn.Module,
+    model: nn.Module | DeferredGenerator,
     spec: dict[str, Any],
-    device: torch.device,
+    device: torch.device | str,
     precision: str,
     backend: str,
     fallback: Runner | None = None,
@@ -239,8 +284,6 @@ def make_runner(
     """``run(x)``: the generator on a CPU float batch in [-1, 1], on ``backend`` (auto, torch
     or openvino). With ``auto``, a generator OpenVINO cannot convert runs in torch (one warning
     line); a backend asked for by name that cannot run is a one-line error."""
-    from cyclekit.translate.tiling import make_runner as make_torch_runner
-
     resolved = resolve_backend(backend, device)
     if resolved == "openvino":
         try:
@@ -257,4 +300,10 @@ def make_runner(
                 f"warning: OpenVINO cannot run this generator ({reason}); using torch",
                 file=sys.stderr,
             )
-    return fallback or make_torch_runner(model, device, precision)
+    if fallback is not None:
+        return fallback
+    import torch
+
+    from cyclekit.translate.tiling import make_runner as make_torch_runner
+
+    return make_torch_runner(torch_module(model), torch.device(device), precision)

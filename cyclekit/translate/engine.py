@@ -94,7 +94,7 @@ class TranslateOptions:
     video: VideoOptions = field(default_factory=VideoOptions)
 
     def __post_init__(self) -> None:
-        from cyclekit.translate.tiling import MIN_TILE
+        from cyclekit.translate.batching import MIN_TILE
 
         self.output_dir = Path(self.output_dir)
         if self.fmt is not None:
@@ -331,13 +331,67 @@ def load_model(
 
         checkpoint = fetch_pretrained(model_name)
     model, info = load_generator(checkpoint, direction)
-    return model, {**info, "path": Path(checkpoint)}
+    return model, {**info, "path": Path(checkpoint), "asked_direction": direction}
+
+
+def open_model(
+    checkpoint: str | os.PathLike | None,
+    model_name: str | None,
+    direction: str | None,
+    opts: TranslateOptions,
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`load_model`, or, when this run will use OpenVINO on the CPU and an earlier run
+    indexed the file's conversion, a :class:`~cyclekit.translate.deferred.DeferredGenerator`:
+    then translate starts without importing torch (1.2-2 s on a 2-core CPU)."""
+    from cyclekit.devices import gpu_may_be_present
+    from cyclekit.translate import backends
+    from cyclekit.translate.deferred import recall
+
+    cpu = opts.device == "cpu" or (opts.device == "auto" and not gpu_may_be_present())
+    if (
+        cpu
+        and opts.backend in ("auto", "openvino")
+        and opts.precision in ("auto", "bf16", "fp32")
+        and (checkpoint is None) != (model_name is None)
+        and backends.openvino_available()
+    ):
+        if model_name is not None:
+            from cyclekit.translate.pretrained import fetch_pretrained
+
+            checkpoint = fetch_pretrained(model_name)
+        assert checkpoint is not None
+        known = recall(backends.openvino_cache(), Path(checkpoint), direction)
+        if known is not None:
+            return known, known.info
+    return load_model(checkpoint, model_name, direction)
+
+
+class _TorchRunner:
+    """The generator in torch (``tiling.make_runner``), set up at its first call: a run that
+    never needs torch (OpenVINO, no tiles, no videos) never imports it."""
+
+    def __init__(self, model: Any, device: Any, precision: str) -> None:
+        self._args, self._run = (model, device, precision), None
+
+    def __call__(self, x: Any) -> Any:
+        if self._run is None:
+            import torch
+
+            from cyclekit.translate import tiling
+            from cyclekit.translate.deferred import torch_module
+
+            model, device, precision = self._args
+            device = torch.device(device)
+            self._run = tiling.make_runner(torch_module(model).to(device), device, precision)
+        return self._run(x)
 
 
 def _default_budget(device: Any) -> int:
-    import torch
+    from cyclekit.devices import device_type
 
-    if device.type == "cuda":
+    if device_type(device) == "cuda":
+        import torch
+
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
     # On CPU the activations share RAM with everything else; 1.5 GiB keeps a 24-megapixel
@@ -405,9 +459,10 @@ def translate_paths(
     An output that exists is skipped with ``skip_existing``, else replaced, but only if an
     earlier run wrote it (see :data:`RECORD_NAME`); anything else is never overwritten.
     """
-    from cyclekit.devices import resolve_device, resolve_precision
+    from cyclekit.devices import device_type, resolve_device, resolve_precision
     from cyclekit.translate import backends
-    from cyclekit.translate.tiling import MIN_TILE, Batcher, make_runner
+    from cyclekit.translate.batching import MIN_TILE, Batcher
+    from cyclekit.translate.deferred import DeferredGenerator
 
     vo = opts.video
     check_output_dir(inputs, opts.output_dir)
@@ -421,14 +476,18 @@ def translate_paths(
         found = "; ".join(f"{p.source}: {p.reason}" for p in problems)
         raise TranslateError(f"no input image found ({found})")
     check_run_outputs(inputs, opts, info.get("path"))
-    device = resolve_device(opts.device)
+    # (open_model gives a DeferredGenerator only for a run on the CPU: no torch needed here.)
+    deferred = isinstance(model, DeferredGenerator)
+    device = "cpu" if deferred else resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     # Before anything is written: a backend asked for by name that cannot run is an error.
     spec = info["spec"]
-    torch_run = make_runner(model.to(device), device, precision)
+    torch_run = _TorchRunner(model, device, precision)
     fast_run = backends.make_runner(model, spec, device, precision, opts.backend, torch_run)
+    if not deferred:
+        backends.remember_conversion(fast_run, info)
     # Videos and tiles run in torch (see ClipContext), so they keep torch's batch.
-    torch_batch = opts.batch_size or (8 if device.type == "cuda" else 1)
+    torch_batch = opts.batch_size or (8 if device_type(device) == "cuda" else 1)
     if opts.batch_size is None:
         # In torch on a CPU one image at a time is fastest (measured: 6.1 vs 3.7 images/s at
         # 256x256, bf16, batch 1 vs 4): a batch's activations no longer fit in the caches.

@@ -72,7 +72,7 @@ class AnySizeGenerator(nn.Module):
 
 def any_size(model: nn.Module, spec: dict[str, Any]) -> AnySizeGenerator:
     """``model`` (eval mode) wrapped to take any H and W, as the exported graphs do."""
-    from cyclekit.translate.tiling import geometry
+    from cyclekit.translate.batching import geometry
 
     return AnySizeGenerator(model.eval(), *geometry(spec)).eval()
 

@@ -95,7 +95,7 @@ def prepare(
 
     Raises :class:`ImageDecodeError` for an image that cannot be used, including one whose
     result would be too large for the output format (checked before the model runs)."""
-    from cyclekit.translate.tiling import pad_image, padded_size
+    from cyclekit.translate.batching import pad_image, padded_size
 
     started = time.perf_counter()
     img = decode_image(

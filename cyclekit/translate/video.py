@@ -2,7 +2,7 @@
 
 A video (by extension: :data:`VIDEO_EXTENSIONS`), or with ``--sequence`` a folder of frames,
 is one input of the run: one line in the report, one output. Frames go through the same
-:class:`~cyclekit.translate.tiling.Batcher` as images (precision, batching, tiling of 4K frames,
+:class:`~cyclekit.translate.batching.Batcher` as images (precision, batching, tiling of 4K frames,
 any generator the engine loads), upright (a phone clip's rotation is undone for the model and
 kept as metadata), with :mod:`cyclekit.translate.temporal` against flicker.
 
@@ -121,7 +121,7 @@ class VideoOptions:
     fps: float = DEFAULT_FPS  # frame rate of a --sequence
 
     def __post_init__(self) -> None:
-        from cyclekit.translate.temporal import TEMPORAL_MODES
+        from cyclekit.choices import TEMPORAL_MODES
 
         self.codec = self.codec.lower()
         if self.codec not in CODECS:
@@ -221,6 +221,8 @@ def translate_clip(src: Path, dst: Path, ctx: ClipContext, vo: VideoOptions) -> 
     line, without the path) when the clip cannot be translated, leaving no output behind."""
     from tqdm import tqdm
 
+    from cyclekit.translate.batching import MIN_TILE, Batcher, pad_image, padded_size
+    from cyclekit.translate.deferred import torch_module
     from cyclekit.translate.image_io import work_size
     from cyclekit.translate.temporal import (
         FlowBlend,
@@ -229,7 +231,6 @@ def translate_clip(src: Path, dst: Path, ctx: ClipContext, vo: VideoOptions) -> 
         smoothed_norms,
         stats_filter,
     )
-    from cyclekit.translate.tiling import MIN_TILE, Batcher, pad_image, padded_size
     from cyclekit.translate.video_io import (
         Frame,
         FramesSink,
@@ -316,7 +317,8 @@ def translate_clip(src: Path, dst: Path, ctx: ClipContext, vo: VideoOptions) -> 
                     return y
 
                 batcher.run = run
-                stack.enter_context(smoothed_norms(ctx.model, state, lambda: counter["first"]))
+                model = torch_module(ctx.model)  # (loaded now if the run began without torch)
+                stack.enter_context(smoothed_norms(model, state, lambda: counter["first"]))
 
         progress = stack.enter_context(
             tqdm(

@@ -1,0 +1,179 @@
+"""translate on OpenVINO starts without torch once a checkpoint's conversion is indexed, and gives
+the same pixels as a run that loaded the checkpoint (cyclekit.translate.deferred)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cyclekit.generator_io as generator_io
+from cyclekit import devices
+from cyclekit.translate import backends
+from cyclekit.translate.batching import output_to_pixels, pixels_to_input
+from cyclekit.translate.deferred import DeferredGenerator, recall
+from cyclekit.translate.engine import TranslateOptions, open_model
+from cyclekit.translate.tiling import from_model_output, to_model_input
+from tests.test_translate_common import make_generator, save_photo, translate_with
+
+pytest.importorskip("openvino")
+pytestmark = pytest.mark.openvino  # (conftest: other tests run translate on torch)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CYCLEKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every checkpoint read through generator_io.load_generator, from now on."""
+    seen: list[Path] = []
+    real = generator_io.load_generator
+
+    def counting(path, direction=None):
+        seen.append(Path(path))
+        return real(path, direction)
+
+    monkeypatch.setattr(generator_io, "load_generator", counting)
+    return seen
+
+
+def pixels(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.rglob("*.png"))}
+
+
+def photos(folder: Path, n: int = 3, w: int = 40, h: int = 32) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        save_photo(folder / f"p{i}.png", w, h, seed=i)
+    return folder
+
+
+def test_numpy_conversions_give_the_same_bits_as_torch() -> None:
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    assert torch.equal(torch.from_numpy(pixels_to_input(batch)), to_model_input(batch))
+    # Outputs: random values, past both ends, and exact halves (rounded to even by both).
+    y = rng.uniform(-1.2, 1.2, (2, 3, 5, 7)).astype(np.float32)
+    y[0, 0, 0, :4] = (np.array([0.5, 1.5, 2.5, 254.5], np.float32) / 127.5) - 1
+    want = from_model_output(torch.from_numpy(y.copy()))
+    assert np.array_equal(output_to_pixels(y.copy()), want)
+
+
+def test_gpu_guess_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(devices.glob, "glob", lambda pattern: [])
+    assert devices.gpu_may_be_present() is False
+    monkeypatch.setattr(devices.glob, "glob", lambda p: ["/dev/nvidia0"] if "nvidia" in p else [])
+    assert devices.gpu_may_be_present() is True
+    monkeypatch.setattr(sys, "platform", "darwin")  # MPS: only torch can tell
+    monkeypatch.setattr(devices.glob, "glob", lambda pattern: [])
+    assert devices.gpu_may_be_present() is True
+
+
+def test_second_run_needs_no_checkpoint_read_and_gives_the_same_pixels(
+    tmp_path: Path, gen: Path, loads: list[Path]
+) -> None:
+    inp = photos(tmp_path / "in")
+    r = translate_with(inp, tmp_path / "o1", gen, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert loads == [gen]  # the first run reads the file and indexes its conversion
+    opts = TranslateOptions(output_dir=tmp_path / "x", device="cpu")
+    model, info = open_model(gen, None, None, opts)
+    assert isinstance(model, DeferredGenerator) and info["spec"]["ngf"] == 4
+    r = translate_with(inp, tmp_path / "o2", gen, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert loads == [gen]  # not read again
+    first, second = pixels(tmp_path / "o1"), pixels(tmp_path / "o2")
+    assert len(first) == 3 and all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_what_needs_torch_loads_it_then(tmp_path: Path, gen: Path, loads: list[Path]) -> None:
+    # A tiled image and a --sequence clip run in torch: a run that started from the index
+    # reads the checkpoint when it meets one, and gives what a torch run gives.
+    big = tmp_path / "big"
+    save_photo(big / "scan.png", 300, 280)
+    shot = photos(tmp_path / "shot", n=3, w=24, h=16)
+    first = translate_with(photos(tmp_path / "in", 1), tmp_path / "o0", gen, "--device", "cpu")
+    assert first.exit_code == 0, first.output
+    assert loads == [gen]
+    for name, inp, extra in (
+        ("tiled", big, ["--tile", "256"]),
+        ("clip", shot, ["--sequence", "--no-video", "--frames", "FRAMES"]),
+    ):
+        runs = {}
+        for backend in ("auto", "torch"):
+            out = tmp_path / f"{name}_{backend}"
+            args = [a.replace("FRAMES", str(out / "frames")) for a in extra]
+            r = translate_with(inp, out, gen, "--device", "cpu", "--backend", backend, *args)
+            assert r.exit_code == 0, r.output
+            runs[backend] = pixels(out)
+        assert runs["auto"] and runs["auto"].keys() == runs["torch"].keys()
+        assert all(np.array_equal(runs["auto"][k], runs["torch"][k]) for k in runs["auto"])
+    # Each auto run started from the index and read the file when it met its tile or clip;
+    # each torch run read it at the start.
+    assert loads == [gen] * 5
+
+
+def test_a_changed_file_or_a_lost_conversion_is_loaded_again(
+    tmp_path: Path, gen: Path, cache: Path
+) -> None:
+    inp = photos(tmp_path / "in", 1)
+    assert translate_with(inp, tmp_path / "o1", gen, "--device", "cpu").exit_code == 0
+    opts = TranslateOptions(output_dir=tmp_path / "x", device="cpu")
+    assert isinstance(open_model(gen, None, None, opts)[0], DeferredGenerator)
+    # The index is keyed by the file's bytes and the direction asked for, not its name.
+    assert not isinstance(open_model(gen, None, "a2b", opts)[0], DeferredGenerator)
+    make_generator(gen, seed=1)
+    model, _ = open_model(gen, None, None, opts)
+    assert isinstance(model, torch.nn.Module)
+    # Other devices and backends never start from the index.
+    make_generator(gen, seed=0)
+    for other in ({"backend": "torch"}, {"precision": "fp16"}):
+        opts2 = TranslateOptions(output_dir=tmp_path / "x", device="cpu", **other)
+        assert isinstance(open_model(gen, None, None, opts2)[0], torch.nn.Module)
+    # A conversion deleted from the cache, or a damaged entry: loaded the usual way.
+    folder = backends.openvino_cache()
+    entry = next((folder / "checkpoints").glob("*.json"))
+    key = json.loads(entry.read_text())["weights_key"]
+    (folder / f"{key}.bin").unlink()
+    assert recall(folder, gen, None) is None
+    entry.write_text("{not json")
+    assert recall(folder, gen, None) is None
+    r = translate_with(inp, tmp_path / "o2", gen, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(pixels(tmp_path / "o1")["p0.png"], pixels(tmp_path / "o2")["p0.png"])
+    assert isinstance(open_model(gen, None, None, opts)[0], DeferredGenerator)
+
+
+@pytest.mark.skipif(devices.gpu_may_be_present(), reason="this machine may have a GPU")
+def test_a_fresh_process_translates_without_importing_torch(tmp_path: Path, gen: Path) -> None:
+    inp = photos(tmp_path / "in")
+    args = ["translate", str(inp), "--checkpoint", str(gen), "--no-progress"]
+    code = (
+        "import sys\n"
+        "from cyclekit.cli import main\n"
+        "try:\n"
+        f"    main({[*args, '-o', 'OUT']!r})\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code, 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "CYCLEKIT_CACHE": str(tmp_path / "cache")}
+    seen = []
+    for out in ("o1", "o2"):
+        run = code.replace("OUT", str(tmp_path / out))
+        done = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        seen.append(done.stdout.split())
+    assert seen == [["exit", "0", "True"], ["exit", "0", "False"]]
+    first, second = pixels(tmp_path / "o1"), pixels(tmp_path / "o2")
+    assert len(first) == 3 and all(np.array_equal(first[k], second[k]) for k in first)
