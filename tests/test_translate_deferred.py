@@ -21,7 +21,14 @@ from cyclekit.translate.batching import output_to_pixels, pixels_to_input
 from cyclekit.translate.deferred import DeferredGenerator, recall
 from cyclekit.translate.engine import TranslateOptions, open_model
 from cyclekit.translate.tiling import from_model_output, to_model_input
-from tests.test_translate_common import make_generator, save_photo, translate_with
+from tests.test_translate_common import (
+    cli,
+    make_generator,
+    make_official,
+    save_photo,
+    serve_models,
+    translate_with,
+)
 
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.openvino  # (conftest: other tests run translate on torch)
@@ -153,6 +160,24 @@ def test_a_changed_file_or_a_lost_conversion_is_loaded_again(
     assert r.exit_code == 0, r.output
     assert np.array_equal(pixels(tmp_path / "o1")["p0.png"], pixels(tmp_path / "o2")["p0.png"])
     assert isinstance(open_model(gen, None, None, opts)[0], DeferredGenerator)
+
+
+def test_a_pretrained_model_starts_from_the_index_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loads: list[Path]
+) -> None:
+    served = tmp_path / "server"
+    served.mkdir()
+    make_official(served / "style_monet.pth")
+    inp = photos(tmp_path / "in", 2)
+    with serve_models(served) as (url, log):
+        monkeypatch.setenv("CYCLEKIT_PRETRAINED_URL", url)
+        for out in ("o1", "o2"):
+            args = ["--model", "style_monet", "--device", "cpu", "--no-progress"]
+            r = cli("translate", str(inp), "-o", str(tmp_path / out), *args)
+            assert r.exit_code == 0, r.output
+    assert log == ["/style_monet.pth"] and len(loads) == 1  # downloaded and read once
+    first, second = pixels(tmp_path / "o1"), pixels(tmp_path / "o2")
+    assert len(first) == 2 and all(np.array_equal(first[k], second[k]) for k in first)
 
 
 @pytest.mark.skipif(devices.gpu_may_be_present(), reason="this machine may have a GPU")

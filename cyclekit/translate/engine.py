@@ -358,7 +358,7 @@ def open_model(
         if model_name is not None:
             from cyclekit.translate.pretrained import fetch_pretrained
 
-            checkpoint = fetch_pretrained(model_name)
+            checkpoint, model_name = fetch_pretrained(model_name), None  # (the file now)
         assert checkpoint is not None
         known = recall(backends.openvino_cache(), Path(checkpoint), direction)
         if known is not None:
