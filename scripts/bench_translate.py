@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_translate.py            # all three measurements
     .venv/bin/python scripts/bench_translate.py --no-big   # skip the 6000x4000 photo
+    .venv/bin/python scripts/bench_translate.py --draft-check 16 --max-size 512
 
 Measures images/s at 256x256 and 1024x1024 with the full-size generator (resnet_9blocks,
 ngf=64, random weights: speed does not depend on them) and the default options, and the
@@ -250,6 +251,39 @@ def _compare_backends(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _draft_check(args: argparse.Namespace) -> dict[str, object]:
+    """``--max-size`` on 12-megapixel JPEGs, decoded at a reduced scale (the default) and in
+    full (``image_io.JPEG_DRAFT`` off), alternated over ``--rounds`` in one process."""
+    import os
+
+    from cyclekit.devices import speed_flags
+    from cyclekit.translate import image_io
+
+    runs: dict[str, list[dict[str, float]]] = {"reduced_decode": [], "full_decode": []}
+    with tempfile.TemporaryDirectory(prefix="cyclekit-bench-") as tmp:
+        work = Path(tmp)
+        os.environ["CYCLEKIT_CACHE"] = str(work / "cache")
+        gen = _make_generator(work / "G.pt")
+        photos = _make_inputs(work / "in", args.draft_check, (4000, 3000))
+        for r in range(args.rounds):
+            for name in runs:
+                image_io.JPEG_DRAFT = name == "reduced_decode"
+                out = work / f"{name}_{r}"
+                runs[name].append(_timed(gen, photos, out, max_size=args.max_size))
+        image_io.JPEG_DRAFT = True
+    best = {name: max(x["images_per_s"] for x in xs) for name, xs in runs.items()}
+    return {
+        "model": "resnet_9blocks ngf=64, --precision auto, --backend auto",
+        "images": f"{args.draft_check} JPEGs 4000x3000 (upscaled photos), --max-size "
+        f"{args.max_size}, written back at 4000x3000",
+        "cpu_flags": speed_flags(),
+        "threads": os.cpu_count(),
+        "runs": runs,
+        "best_images_per_s": best,
+        "speedup_of_reduced_decode": round(best["reduced_decode"] / best["full_decode"], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n256", type=int, default=48, help="images at 256x256")
@@ -274,6 +308,15 @@ def main() -> None:
         help="with --backends: also time the official test.py from this checkout of "
         "junyanz/pytorch-CycleGAN-and-pix2pix (its python deps, e.g. dominate, importable)",
     )
+    parser.add_argument(
+        "--draft-check",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N 4000x3000 JPEGs at --max-size, JPEG decoded at a reduced scale (the "
+        "default) vs in full, alternated over --rounds",
+    )
+    parser.add_argument("--max-size", type=int, default=512, help="for --draft-check")
     parser.add_argument("--big-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.big_child:
@@ -281,6 +324,8 @@ def main() -> None:
     result: dict[str, object] = {"model": "resnet_9blocks ngf=64", "precision": "auto"}
     if args.backends:
         return print(json.dumps(_compare_backends(args), indent=2))
+    if args.draft_check:
+        return print(json.dumps(_draft_check(args), indent=2))
     with tempfile.TemporaryDirectory(prefix="cyclekit-bench-") as tmp:
         work = Path(tmp)
         gen = _make_generator(work / "G.pt")

@@ -17,7 +17,7 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +124,9 @@ class DecodedImage:
     # Problems Pillow noticed but decoded past (e.g. "Corrupt EXIF data"), one line each,
     # for the caller to report with the file's name (instead of a raw UserWarning).
     warnings: tuple[str, ...] = field(default=())
+    # (height, width) of the upright image in the file, when ``pixels`` were decoded smaller
+    # (decode_image's ``shrink``); None: ``pixels`` have the file's size.
+    file_hw: tuple[int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -260,6 +263,7 @@ def decode_image(
     channels: int = 3,
     composite_alpha: bool = True,
     max_pixels: int | None = None,
+    shrink: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> DecodedImage:
     """Read ``path`` upright (EXIF orientation applied) as RGB (``channels=3``) or gray (1).
 
@@ -267,6 +271,10 @@ def decode_image(
     alpha channel is returned separately. Raises :class:`ImageDecodeError` on any failure,
     including a file of more than ``max_pixels`` pixels, checked before decoding (default:
     Pillow's limit; a caller may deliberately allow more, as translate does for big scans).
+
+    ``shrink(h, w)``, given the upright image's size, says what size the caller will resize it
+    to; a JPEG is then decoded at a reduced scale (1/2, 1/4 or 1/8, in the DCT, as Pillow's
+    ``thumbnail`` does) still at least twice that size, and ``file_hw`` keeps its full size.
     """
     path = Path(path)
     if channels not in (1, 3):
@@ -275,6 +283,7 @@ def decode_image(
     with _pillow_errors(path, "cannot decode image"):
         img, over_pillow_limit = _open(path, max_pixels, notes)
         with img:
+            file_hw = _draft(img, shrink, notes) if shrink is not None else None
             _load(img, over_pillow_limit)  # the full decode now, so truncation errors surface
             icc = img.info.get("icc_profile")
             with pillow_warnings() as found:
@@ -305,4 +314,32 @@ def decode_image(
         a = alpha.astype(np.float32)[:, :, None] / 255.0
         pixels = np.rint(pixels * a + 255.0 * (1.0 - a)).astype(np.uint8)
         alpha = None
-    return DecodedImage(pixels, alpha, icc, exif, tuple(notes))
+    return DecodedImage(pixels, alpha, icc, exif, tuple(notes), file_hw)
+
+
+# EXIF orientations that turn the image a quarter (width and height swap when upright).
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _draft(
+    img: Image.Image, shrink: Callable[[int, int], tuple[int, int]], notes: list[str]
+) -> tuple[int, int] | None:
+    """Ask a JPEG decoder for the smallest DCT scale that keeps twice ``shrink``'s size (a
+    reduced decode is several times faster; twice the size leaves the final Lanczos resize
+    enough pixels: mean difference 0.2/255 to a full decode, measured on 12-megapixel
+    photos). Returns the upright (h, w) in the file if it will decode smaller, else None."""
+    if img.format not in ("JPEG", "MPO"):
+        return None
+    with pillow_warnings() as found:  # (a JPEG's EXIF is in its header, read at open)
+        orientation = img.getexif().get(0x0112, 1)
+    notes += [n for n in found if n not in notes]
+    w, h = img.size
+    turned = orientation in _QUARTER_TURNS
+    file_hw = (w, h) if turned else (h, w)
+    th, tw = shrink(*file_hw)
+    if turned:
+        th, tw = tw, th
+    if not (2 * tw < w and 2 * th < h):
+        return None
+    img.draft(None, (2 * tw, 2 * th))
+    return file_hw if img.size != (w, h) else None

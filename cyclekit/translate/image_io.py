@@ -32,6 +32,9 @@ PARTIAL_SUFFIX = ".cyclekit-partial"
 # --memory-budget 256 (0.65 GB is torch itself), ~13 bytes a pixel beyond the budget: about
 # 5-6 GB at the limit, plus the memory budget (1.5 GiB by default on CPU).
 MAX_PIXELS = 400_000_000
+# --max-size / --resize decode a JPEG at a reduced scale (scripts/bench_translate.py
+# --draft-check measures it against a full decode; False turns it off for that comparison).
+JPEG_DRAFT = True
 
 
 @dataclass
@@ -98,10 +101,16 @@ def prepare(
     from cyclekit.translate.batching import pad_image, padded_size
 
     started = time.perf_counter()
+    # A JPEG the model will see smaller is decoded smaller (see decode_image's shrink).
+    smaller = JPEG_DRAFT and (resize is not None or max_size is not None)
     img = decode_image(
-        job.src, channels=spec["input_nc"], composite_alpha=False, max_pixels=MAX_PIXELS
+        job.src,
+        channels=spec["input_nc"],
+        composite_alpha=False,
+        max_pixels=MAX_PIXELS,
+        shrink=(lambda h, w: work_size(h, w, resize, max_size)) if smaller else None,
     )
-    h, w = img.pixels.shape[:2]
+    h, w = img.file_hw or img.pixels.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise ImageDecodeError(f"{job.src}: too small ({w}x{h} px, need {MIN_SIDE}+ per side)")
     work = work_size(h, w, resize, max_size)
@@ -112,7 +121,7 @@ def prepare(
             f"{job.src}: a {out_w}x{out_h} px result is too large for {fmt} (at most "
             f"{MAX_SIDE[fmt]} px a side); use --format png"
         )
-    pixels = img.pixels if work == (h, w) else _resize_hw(img.pixels, work)
+    pixels = img.pixels if img.pixels.shape[:2] == work else _resize_hw(img.pixels, work)
     pixels = pad_image(pixels, padded_size(*work, spec))
     seconds = time.perf_counter() - started
     return Prepared(
