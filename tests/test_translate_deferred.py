@@ -16,6 +16,7 @@ from PIL import Image
 
 import cyclekit.generator_io as generator_io
 from cyclekit import devices
+from cyclekit.errors import CyclekitError
 from cyclekit.translate import backends
 from cyclekit.translate.batching import output_to_pixels, pixels_to_input
 from cyclekit.translate.deferred import DeferredGenerator, recall
@@ -145,11 +146,13 @@ def test_a_changed_file_or_a_lost_conversion_is_loaded_again(
     assert isinstance(model, torch.nn.Module)
     # Other devices and backends never start from the index.
     make_generator(gen, seed=0)
-    for other in ({"backend": "torch"}, {"precision": "fp16"}):
-        opts2 = TranslateOptions(output_dir=tmp_path / "x", device="cpu", **other)
+    assert isinstance(open_model(gen, None, None, opts)[0], DeferredGenerator)  # (the same bytes)
+    for other in ({"backend": "torch"}, {"precision": "fp16"}, {"device": "cuda"}):
+        opts2 = TranslateOptions(output_dir=tmp_path / "x", **{"device": "cpu", **other})
         assert isinstance(open_model(gen, None, None, opts2)[0], torch.nn.Module)
     # A conversion deleted from the cache, or a damaged entry: loaded the usual way.
     folder = backends.openvino_cache()
+    assert recall(folder, gen, None) is not None
     entry = next((folder / "checkpoints").glob("*.json"))
     key = json.loads(entry.read_text())["weights_key"]
     (folder / f"{key}.bin").unlink()
@@ -202,3 +205,68 @@ def test_a_fresh_process_translates_without_importing_torch(tmp_path: Path, gen:
     assert seen == [["exit", "0", "True"], ["exit", "0", "False"]]
     first, second = pixels(tmp_path / "o1"), pixels(tmp_path / "o2")
     assert len(first) == 3 and all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_a_file_replaced_while_it_is_read_or_converted_is_never_indexed_wrongly(
+    tmp_path: Path, gen: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (A user translating last.pt while training rewrites it.)
+    inp = photos(tmp_path / "in", 1)
+    opts = TranslateOptions(output_dir=tmp_path / "x", device="cpu")
+    old = gen.read_bytes()
+    real_convert = backends.make_openvino_runner
+
+    def converting_while_replaced(*args, **kw):
+        runner = real_convert(*args, **kw)
+        make_generator(gen, seed=1)  # the file changes during the conversion
+        return runner
+
+    monkeypatch.setattr(backends, "make_openvino_runner", converting_while_replaced)
+    assert translate_with(inp, tmp_path / "o1", gen, "--device", "cpu").exit_code == 0
+    monkeypatch.setattr(backends, "make_openvino_runner", real_convert)
+    # The new file was never loaded: it is not taken for the old weights' conversion...
+    assert isinstance(open_model(gen, None, None, opts)[0], torch.nn.Module)
+    # ...while the old bytes, which were, map to their own conversion.
+    gen.write_bytes(old)
+    assert isinstance(open_model(gen, None, None, opts)[0], DeferredGenerator)
+
+    # Replaced between the hash and the read: the run loaded other bytes than it hashed, so
+    # nothing is indexed for either.
+    fresh = tmp_path / "G2.pt"
+    make_generator(fresh, seed=2)
+    real_load = generator_io.load_generator
+
+    def replaced_then_loaded(path, direction=None):
+        make_generator(fresh, seed=3)
+        return real_load(path, direction)
+
+    monkeypatch.setattr(generator_io, "load_generator", replaced_then_loaded)
+    assert translate_with(inp, tmp_path / "o2", fresh, "--device", "cpu").exit_code == 0
+    monkeypatch.setattr(generator_io, "load_generator", real_load)
+    for seed in (2, 3):
+        make_generator(fresh, seed=seed)
+        assert isinstance(open_model(fresh, None, None, opts)[0], torch.nn.Module)
+
+
+def test_a_file_changed_during_a_run_that_then_needs_torch_is_an_error(
+    tmp_path: Path, gen: Path
+) -> None:
+    inp = photos(tmp_path / "in", 1)
+    assert translate_with(inp, tmp_path / "o1", gen, "--device", "cpu").exit_code == 0
+    opts = TranslateOptions(output_dir=tmp_path / "x", device="cpu")
+    model, _ = open_model(gen, None, None, opts)
+    assert isinstance(model, DeferredGenerator)
+    make_generator(gen, seed=1)
+    with pytest.raises(CyclekitError, match="the checkpoint changed during the run"):
+        model.load()
+
+
+def test_an_openvino_that_fails_to_import_falls_back_quietly(
+    tmp_path: Path, gen: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> Path:
+        raise ImportError("libopenvino.so: cannot open shared object file")
+
+    monkeypatch.setattr(backends, "openvino_cache", broken)
+    opts = TranslateOptions(output_dir=tmp_path / "x", device="cpu")
+    assert isinstance(open_model(gen, None, None, opts)[0], torch.nn.Module)

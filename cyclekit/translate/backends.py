@@ -265,12 +265,12 @@ def make_openvino_runner(
 
 
 def remember_conversion(runner: Runner, info: dict[str, Any]) -> None:
-    """After a run made an OpenVINO runner for a generator loaded from ``info["path"]``: index
-    it, so that the next run of that file starts without torch (see
-    :mod:`cyclekit.translate.deferred`)."""
-    key, path = getattr(runner, "weights_key", None), info.get("path")
-    if key is not None and path is not None and "asked_direction" in info:
-        remember(openvino_cache(), Path(path), info["asked_direction"], info, key)
+    """After a run made an OpenVINO runner for a generator whose file's bytes were hashed as
+    they were loaded (``info["file_key"]``, see engine.open_model): index it, so that the next
+    run of that file starts without torch (see :mod:`cyclekit.translate.deferred`)."""
+    weights, key = getattr(runner, "weights_key", None), info.get("file_key")
+    if weights is not None and key is not None:
+        remember(openvino_cache(), key, info, weights)
 
 
 def make_runner(

@@ -331,7 +331,7 @@ def load_model(
 
         checkpoint = fetch_pretrained(model_name)
     model, info = load_generator(checkpoint, direction)
-    return model, {**info, "path": Path(checkpoint), "asked_direction": direction}
+    return model, {**info, "path": Path(checkpoint)}
 
 
 def open_model(
@@ -342,28 +342,41 @@ def open_model(
 ) -> tuple[Any, dict[str, Any]]:
     """:func:`load_model`, or, when this run will use OpenVINO on the CPU and an earlier run
     indexed the file's conversion, a :class:`~cyclekit.translate.deferred.DeferredGenerator`:
-    then translate starts without importing torch (1.2-2 s on a 2-core CPU)."""
+    then translate starts without importing torch (1.2-2 s on a 2-core CPU).
+
+    A file loaded the usual way for such a run gets ``info["file_key"]`` if its bytes did not
+    change while it was read: translate_paths then indexes its conversion."""
     from cyclekit.devices import gpu_may_be_present
     from cyclekit.translate import backends
-    from cyclekit.translate.deferred import recall
+    from cyclekit.translate.deferred import file_key, recall
 
     cpu = opts.device == "cpu" or (opts.device == "auto" and not gpu_may_be_present())
-    if (
+    if not (
         cpu
         and opts.backend in ("auto", "openvino")
         and opts.precision in ("auto", "bf16", "fp32")
         and (checkpoint is None) != (model_name is None)
         and backends.openvino_available()
     ):
-        if model_name is not None:
-            from cyclekit.translate.pretrained import fetch_pretrained
+        return load_model(checkpoint, model_name, direction)
+    if model_name is not None:
+        from cyclekit.translate.pretrained import fetch_pretrained
 
-            checkpoint, model_name = fetch_pretrained(model_name), None  # (the file now)
-        assert checkpoint is not None
-        known = recall(backends.openvino_cache(), Path(checkpoint), direction)
-        if known is not None:
-            return known, known.info
-    return load_model(checkpoint, model_name, direction)
+        checkpoint, model_name = fetch_pretrained(model_name), None  # (the file now)
+    assert checkpoint is not None
+    path = Path(checkpoint)
+    try:
+        before = file_key(path, direction)
+        known = recall(backends.openvino_cache(), path, direction, before)
+    except Exception:  # noqa: BLE001 - an OpenVINO that fails to import, an unreadable file:
+        return load_model(path, None, direction)  # the usual load says what is wrong
+    if known is not None:
+        return known, known.info
+    model, info = load_model(path, None, direction)
+    with contextlib.suppress(OSError):
+        if file_key(path, direction) == before:  # (not replaced while it was read)
+            info["file_key"] = before
+    return model, info
 
 
 class _TorchRunner:
