@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,31 @@ def test_own_process_ends_with_every_file_complete_and_the_right_status(tmp_path
     again = run_cyclekit(*args, "--backend", "torch", "--skip-existing", cache=tmp_path / "c")
     assert again.returncode == 0, again.stderr
     assert "done 0, skipped 3, failed 0" in again.stderr
+
+
+def test_the_executable_skips_the_teardown_and_survives_closed_outputs(tmp_path, gen):
+    inp = photos(tmp_path / "in", 2)
+    args = ["translate", str(inp), "--checkpoint", str(gen), "--no-progress", "--backend", "torch"]
+    # cli.run (the executable) ends with os._exit: exit handlers never run; cli.main, as
+    # another program calls it, ends with sys.exit: they do.
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('teardown ran'))\n"
+        "from cyclekit import cli\n"
+        "sys.argv = ['cyclekit', *sys.argv[1:]]\n"
+        "cli.{}()\n"
+    )
+    env = {**os.environ, "CYCLEKIT_CACHE": str(tmp_path / "c")}
+    for entry, teardown in (("run", False), ("main", True)):
+        cmd = [sys.executable, "-c", code.format(entry), *args, "-o", str(tmp_path / entry)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        assert ("teardown ran" in done.stdout) is teardown
+    # A caller that closed stdout and stderr still gets the status and every file.
+    out = tmp_path / "closed"
+    cmd = [sys.executable, "-m", "cyclekit", *args, "-o", str(out)]
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, timeout=300, env=env, close_fds=True)
+    assert done.returncode == 0
+    shell = subprocess.run(f"exec {shlex.join(cmd)} >&- 2>&-", shell=True, timeout=300, env=env)
+    assert shell.returncode == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["p0.png", "p1.png"]
