@@ -16,24 +16,26 @@ from tests.test_translate_common import photo, tiny_spec, translate_with
 
 
 def big_jpeg(path: Path, w: int = 1600, h: int = 1200, orientation: int | None = None) -> Path:
-    rng = np.random.default_rng(0)
-    pixels = photo(w // 4, h // 4)
-    img = Image.fromarray(pixels).resize((w, h), Image.Resampling.BICUBIC)
-    noisy = np.asarray(img).astype(np.int16) + rng.normal(0, 6, (h, w, 3)).astype(np.int16)
+    """Detail at full resolution everywhere (a mosaic of 64x48 noisy photos): where a reduced
+    decode differs most from a full one."""
+    rows = [
+        np.concatenate([photo(64, 48, seed=r * 100 + c) for c in range(w // 64)], 1)
+        for r in range(h // 48)
+    ]
     exif = Image.Exif()
     if orientation is not None:
         exif[0x0112] = orientation
-    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=92, exif=exif)
+    Image.fromarray(np.concatenate(rows, 0)).save(path, quality=92, exif=exif)
     return path
 
 
 def test_a_jpeg_decodes_at_the_smallest_scale_that_keeps_twice_the_size(tmp_path) -> None:
     src = big_jpeg(tmp_path / "a.jpg")
-    img = decode_image(src, shrink=lambda h, w: (h // 5, w // 5))  # 240 x 320: twice fits 1/2
+    img = decode_image(src, shrink=lambda h, w: (h // 8, w // 8))  # 3 x 150 x 200 fits 1/2
     assert img.file_hw == (1200, 1600) and img.pixels.shape == (600, 800, 3)
-    img = decode_image(src, shrink=lambda h, w: (h // 20, w // 20))  # 1/8 keeps 2 x 60 x 80
+    img = decode_image(src, shrink=lambda h, w: (h // 30, w // 30))  # 1/8 keeps 3 x 40 x 53
     assert img.file_hw == (1200, 1600) and img.pixels.shape == (150, 200, 3)
-    img = decode_image(src, shrink=lambda h, w: (h // 2, w // 2))  # no scale keeps twice
+    img = decode_image(src, shrink=lambda h, w: (h // 2, w // 2))  # no scale keeps 3 times
     assert img.file_hw is None and img.pixels.shape == (1200, 1600, 3)
     png = tmp_path / "a.png"
     Image.open(src).save(png)
@@ -43,7 +45,7 @@ def test_a_jpeg_decodes_at_the_smallest_scale_that_keeps_twice_the_size(tmp_path
 def test_a_turned_jpeg_keeps_its_upright_size(tmp_path) -> None:
     src = big_jpeg(tmp_path / "turned.jpg", orientation=6)  # stored 1600 x 1200, shown 1200 x 1600
     seen = []
-    img = decode_image(src, shrink=lambda h, w: seen.append((h, w)) or (h // 20, w // 20))
+    img = decode_image(src, shrink=lambda h, w: seen.append((h, w)) or (h // 30, w // 30))
     assert seen == [(1600, 1200)] and img.file_hw == (1600, 1200)
     assert img.pixels.shape == (200, 150, 3)
 
@@ -54,10 +56,19 @@ def test_the_model_sees_the_same_picture_within_a_255th(
 ) -> None:
     src = big_jpeg(tmp_path / "in.jpg", orientation=orientation)
     job, spec = Job(src, tmp_path / "out.jpg"), tiny_spec()
-    preps = {}
+    preps, decoded = {}, []
+    real = image_io.decode_image
+
+    def spy(*args, **kw):
+        decoded.append(real(*args, **kw).pixels.shape[:2])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(image_io, "decode_image", spy)
     for draft in (True, False):
         monkeypatch.setattr(image_io, "JPEG_DRAFT", draft)
         preps[draft] = prepare(job, spec, max_size=256)
+    # A reduced decode (1/2: 800 x 600 keeps 3 x 256 x 192; 1/4 would not), then the full one.
+    assert sorted(decoded[0]) == [600, 800] and sorted(decoded[1]) == [1200, 1600]
     fast, full = preps[True], preps[False]
     assert fast.size == full.size == ((1600, 1200) if orientation else (1200, 1600))
     assert fast.work == full.work and fast.pixels.shape == full.pixels.shape
