@@ -40,6 +40,14 @@ def horse2zebra() -> Path:
     return _require(SHARED / "data" / "horse2zebra")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _test_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # cyclekit's cache (OpenVINO conversions, their index, downloaded models) goes to a folder
+    # of this session's, also for the commands tests run in fresh processes: tests never write
+    # into the user's ~/.cache. A test may still point CYCLEKIT_CACHE elsewhere.
+    os.environ["CYCLEKIT_CACHE"] = str(tmp_path_factory.mktemp("cyclekit-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _offline_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Tests never talk to W&B servers and never write into the user's home.
