@@ -66,11 +66,13 @@ def cpu_has_native_bf16() -> bool:
 
 def gpu_may_be_present() -> bool:
     """Whether ``--device auto`` might find a GPU, judged without importing torch (which takes
-    seconds): False only on Linux with no NVIDIA, AMD (ROCm) or WSL GPU device node, where
-    torch would pick the CPU too. Anywhere else (macOS with MPS, Windows) it says True."""
+    seconds): False only on Linux with no NVIDIA (desktop or Jetson), AMD (ROCm) or WSL GPU
+    device node, where torch would pick the CPU too. Anywhere else (macOS with MPS, Windows)
+    it says True."""
     if not sys.platform.startswith("linux"):
         return True
-    return any(glob.glob(p) for p in ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg"))
+    nodes = ("/dev/nvidia[0-9]*", "/dev/nvhost-*", "/dev/nvgpu*", "/dev/kfd", "/dev/dxg")
+    return any(glob.glob(p) for p in nodes)
 
 
 def device_type(device: torch.device | str) -> str:

@@ -3,6 +3,7 @@ the same pixels as a run that loaded the checkpoint (cyclekit.translate.deferred
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import subprocess
@@ -81,8 +82,9 @@ def test_gpu_guess_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(devices.glob, "glob", lambda pattern: [])
     assert devices.gpu_may_be_present() is False
-    monkeypatch.setattr(devices.glob, "glob", lambda p: ["/dev/nvidia0"] if "nvidia" in p else [])
-    assert devices.gpu_may_be_present() is True
+    for node in ("/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/kfd"):  # (desktop, Jetson, ROCm)
+        monkeypatch.setattr(devices.glob, "glob", lambda p, n=node: fnmatch.filter([n], p))
+        assert devices.gpu_may_be_present() is True
     monkeypatch.setattr(sys, "platform", "darwin")  # MPS: only torch can tell
     monkeypatch.setattr(devices.glob, "glob", lambda pattern: [])
     assert devices.gpu_may_be_present() is True
