@@ -48,6 +48,13 @@ def _test_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["CYCLEKIT_CACHE"] = str(tmp_path_factory.mktemp("cyclekit-cache"))
 
 
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty CYCLEKIT_CACHE for this test (e.g. to see a conversion happen)."""
+    monkeypatch.setenv("CYCLEKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture(autouse=True)
 def _offline_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Tests never talk to W&B servers and never write into the user's home.

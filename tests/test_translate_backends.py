@@ -14,13 +14,8 @@ from cyclekit.translate import backends
 from tests.test_translate_common import tiny_spec
 
 pytest.importorskip("openvino")
-pytestmark = pytest.mark.openvino  # (conftest: other tests run translate on torch)
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CYCLEKIT_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+# conftest: other tests run translate on torch, and share one cache
+pytestmark = [pytest.mark.openvino, pytest.mark.usefixtures("cache")]
 
 
 def _generator(seed: int = 0, **layers: str) -> tuple[torch.nn.Module, dict]:

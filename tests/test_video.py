@@ -187,7 +187,7 @@ def test_cli_lists_match_the_engine_and_the_extra_is_declared() -> None:
     import re
 
     import cyclekit.cli.translate as cli_translate
-    from cyclekit.translate.temporal import TEMPORAL_MODES
+    from cyclekit.choices import TEMPORAL_MODES
     from cyclekit.translate.video import CODECS, NEEDS_AV, VideoOptions
 
     assert cli_translate.VIDEO_CODECS == list(CODECS)

@@ -18,7 +18,7 @@ DIRECTION = choice(["a2b", "b2a"])
 # importing them here would load torch for `--help`.
 MIN_TILE = 256
 MAX_MEGAPIXELS = 400
-# Kept equal to cyclekit.translate.video.CODECS and temporal.TEMPORAL_MODES (a test checks).
+# Kept equal to cyclekit.translate.video.CODECS and choices.TEMPORAL_MODES (a test checks).
 VIDEO_CODECS = ["h264", "hevc", "vp9", "av1", "ffv1"]
 TEMPORAL = ["none", "stats", "flow"]
 DEFAULT_TEMPORAL = "flow"

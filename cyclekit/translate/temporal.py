@@ -28,8 +28,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from cyclekit.choices import TEMPORAL_MODES  # noqa: F401 (its home: torch-free, for translate)
-
 # Weight of the past in the statistics' moving average: a time constant of about 4 frames, long
 # enough to average out noise, short enough to follow a pan (see scripts/bench_video.py).
 STATS_MOMENTUM = 0.75
