@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench_translate.py            # all three measurements
     .venv/bin/python scripts/bench_translate.py --no-big   # skip the 6000x4000 photo
     .venv/bin/python scripts/bench_translate.py --draft-check 16 --max-size 512
+    .venv/bin/python scripts/bench_translate.py --startup-check 10 --rounds 3
 
 Measures images/s at 256x256 and 1024x1024 with the full-size generator (resnet_9blocks,
 ngf=64, random weights: speed does not depend on them) and the default options, and the
@@ -16,6 +17,7 @@ import argparse
 import json
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -284,6 +286,57 @@ def _draft_check(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _startup_check(args: argparse.Namespace) -> dict[str, object]:
+    """Wall time of ``cyclekit translate`` on N photos in a fresh process, with the model's
+    OpenVINO conversion cached, three ways alternated over ``--rounds``: as before this
+    release (torch imported, interpreter torn down at exit: ``cli.main`` as other programs call
+    it, the index of cached conversions removed), without the teardown only (``python -m
+    cyclekit``, index removed), and as now (index present: torch never imported)."""
+    import os
+
+    from cyclekit.devices import speed_flags
+
+    sides = {
+        "torch_import_and_teardown": (["-c", "from cyclekit.cli import main; main()"], False),
+        "torch_import_no_teardown": (["-m", "cyclekit"], False),
+        "default_no_torch_no_teardown": (["-m", "cyclekit"], True),
+    }
+    runs: dict[str, list[float]] = {name: [] for name in sides}
+    with tempfile.TemporaryDirectory(prefix="cyclekit-bench-") as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "CYCLEKIT_CACHE": str(work / "cache")}
+        gen = _make_generator(work / "G.pt")
+        photos = _make_inputs(work / "in", args.startup_check, (256, 256))
+        index = work / "cache" / "openvino"
+
+        def translate(entry: list[str], out: Path) -> float:
+            cmd = [sys.executable, *entry, "translate", str(photos), "-o", str(out)]
+            cmd += ["--checkpoint", str(gen), "--no-progress", "--device", "cpu"]
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+            seconds = time.perf_counter() - start
+            if done.returncode:
+                raise SystemExit(f"Error: cyclekit translate failed: {done.stderr[-500:]}")
+            return seconds
+
+        translate(["-m", "cyclekit"], work / "setup")  # converts and indexes once
+        for r in range(args.rounds):
+            for name, (entry, indexed) in sides.items():
+                if not indexed:
+                    for entry_file in index.glob("*/checkpoints/*.json"):
+                        entry_file.unlink()
+                runs[name].append(round(translate(entry, work / f"{name}_{r}"), 3))
+    median = {name: statistics.median(xs) for name, xs in runs.items()}
+    return {
+        "model": "resnet_9blocks ngf=64, --backend auto (OpenVINO), conversion cached",
+        "images": f"{args.startup_check} JPEGs 256x256",
+        "cpu_flags": speed_flags(),
+        "threads": os.cpu_count(),
+        "wall_seconds": runs,
+        "median_wall_seconds": {n: round(v, 3) for n, v in median.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n256", type=int, default=48, help="images at 256x256")
@@ -317,6 +370,14 @@ def main() -> None:
         "default) vs in full, alternated over --rounds",
     )
     parser.add_argument("--max-size", type=int, default=512, help="for --draft-check")
+    parser.add_argument(
+        "--startup-check",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: wall time of `cyclekit translate` on N photos in a fresh process, with "
+        "and without importing torch and tearing the interpreter down, alternated over --rounds",
+    )
     parser.add_argument("--big-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.big_child:
@@ -326,6 +387,8 @@ def main() -> None:
         return print(json.dumps(_compare_backends(args), indent=2))
     if args.draft_check:
         return print(json.dumps(_draft_check(args), indent=2))
+    if args.startup_check:
+        return print(json.dumps(_startup_check(args), indent=2))
     with tempfile.TemporaryDirectory(prefix="cyclekit-bench-") as tmp:
         work = Path(tmp)
         gen = _make_generator(work / "G.pt")
